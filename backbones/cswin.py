@@ -1,0 +1,475 @@
+"""CSWin Transformer.
+
+Paper: "CSWin Transformer: A General Vision Transformer Backbone with Cross-Shaped Windows",
+Dong et al., CVPR 2022, arXiv:2107.00652.
+Official code and weights: https://github.com/microsoft/CSWin-Transformer (MIT licence). This is an
+independent implementation that loads the official checkpoints unchanged.
+
+Every block splits its channels in two: half the heads attend inside vertical stripes of width
+``split`` (windows of ``H x split``), the other half inside horizontal stripes (``split x W``); the
+last stage (and any stage whose split is ``None``) attends over the whole grid with all heads.
+Attention runs through ``ops.window_attention_2d``; LePE (a depthwise 3x3 convolution of V inside
+each stripe) through ``ops.window_depthwise_conv2d``.
+
+Any input size works. Grids that do not divide into stripes are padded the way the official dense
+(segmentation) backbone pads: q, k, v are zero-padded after the projection with the first half of
+the padding before the grid, padded keys take part in the softmax, and the output is cropped. At
+sizes the official classification model accepts this is the identical computation.
+"""
+import re
+from functools import partial
+
+import torch
+import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
+from timm.models import checkpoint_seq, generate_default_cfgs
+from timm.models._features import feature_take_indices
+
+import ops
+
+from ._builder import build_zoo_model
+from ._helpers import check_image_input, unwrap_checkpoint
+from ._registry import register_zoo_model
+
+__all__ = ["CSWinTransformer", "checkpoint_filter_fn", "create_from_official"]
+
+
+class CrossShapedWindowAttention(nn.Module):
+    """qkv projection, two stripe branches (or one full-grid branch) with LePE, output projection.
+
+    The qkv output is laid out ``[3, C]`` and branch ``b`` owns channels ``[b*C/2, (b+1)*C/2)`` of
+    each of q, k, v, head-major inside the branch, exactly as in the official checkpoints.
+    """
+
+    def __init__(self, dim, num_heads, split_size=None, qkv_bias=True, qk_scale=None):
+        super().__init__()
+        self.num_branches = 1 if split_size is None else 2
+        if num_heads % self.num_branches or dim % num_heads:
+            raise ValueError(f"dim {dim} and num_heads {num_heads} must split evenly over "
+                             f"{self.num_branches} branch(es) and the heads")
+        self.dim = dim
+        self.split_size = split_size
+        self.branch_heads = num_heads // self.num_branches
+        self.head_dim = dim // num_heads
+        self.scale = qk_scale or self.head_dim ** -0.5  # `or`: the official code ignores 0
+        branch_dim = dim // self.num_branches
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.lepe = nn.ModuleList([
+            nn.Conv2d(branch_dim, branch_dim, 3, padding=1, groups=branch_dim)
+            for _ in range(self.num_branches)])
+        self.proj = nn.Linear(dim, dim)
+
+    def branch_window(self, branch, H, W):
+        if self.split_size is None:
+            return None
+        return (H, self.split_size) if branch == 0 else (self.split_size, W)
+
+    def forward(self, x):
+        B, H, W, C = x.shape
+        qkv = self.qkv(x).view(B, H, W, 3, self.num_branches, self.branch_heads, self.head_dim)
+        # Views, no copies: each is (branches, B, heads, H, W, head_dim).
+        q, k, v = qkv.permute(3, 4, 0, 5, 1, 2, 6).unbind(0)
+        outs = []
+        for branch, lepe in enumerate(self.lepe):
+            window = self.branch_window(branch, H, W)
+            offset = ops.centered_window_offset((H, W), window) if window else (0, 0)
+            out = ops.window_attention_2d(q[branch], k[branch], v[branch], window,
+                                          window_offset=offset, padding="zeros", scale=self.scale)
+            out = out + ops.window_depthwise_conv2d(v[branch], lepe.weight, lepe.bias, window,
+                                                    window_offset=offset)
+            outs.append(out.permute(0, 2, 3, 1, 4))
+        return self.proj(torch.cat(outs, dim=3).reshape(B, H, W, C))
+
+
+class CSWinBlock(nn.Module):
+    def __init__(self, dim, num_heads, split_size=None, mlp_ratio=4., qkv_bias=True, qk_scale=None,
+                 proj_drop=0., drop_path=0., norm_layer=nn.LayerNorm):
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = CrossShapedWindowAttention(dim, num_heads, split_size, qkv_bias, qk_scale)
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x):
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class Stem(nn.Module):
+    """Conv 7x7 stride 4 (padding 2), then LayerNorm over channels; NCHW in, NHWC out."""
+
+    def __init__(self, in_chans, dim, norm_layer=nn.LayerNorm):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, dim, 7, stride=4, padding=2)
+        self.norm = norm_layer(dim)
+
+    def forward(self, x):
+        return self.norm(self.conv(x).permute(0, 2, 3, 1))
+
+
+class MergeBlock(nn.Module):
+    """Conv 3x3 stride 2 (padding 1) then LayerNorm; NHWC in and out. Output size ceil(H / 2)."""
+
+    def __init__(self, dim, dim_out, norm_layer=nn.LayerNorm):
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim_out, 3, stride=2, padding=1)
+        self.norm = norm_layer(dim_out)
+
+    def forward(self, x):
+        return self.norm(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+
+
+class CSWinStage(nn.Module):
+    def __init__(self, dim, dim_out, depth, num_heads, split_size, downsample, mlp_ratio=4.,
+                 qkv_bias=True, qk_scale=None, proj_drop=0., drop_path=(), norm_layer=nn.LayerNorm):
+        super().__init__()
+        self.downsample = MergeBlock(dim, dim_out, norm_layer) if downsample else nn.Identity()
+        self.blocks = nn.Sequential(*[
+            CSWinBlock(dim_out, num_heads, split_size, mlp_ratio, qkv_bias, qk_scale, proj_drop,
+                       drop_path[i], norm_layer)
+            for i in range(depth)])
+        self.grad_checkpointing = False
+
+    def forward(self, x):
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+class CSWinTransformer(nn.Module):
+    """CSWin Transformer backbone and classifier (timm API).
+
+    Args:
+        in_chans: input image channels.
+        num_classes: classifier classes (0: no classifier).
+        global_pool: ``'avg'`` (the official mean over tokens) or ``''`` for the unpooled map.
+        embed_dim: stem width.
+        depths: blocks per stage.
+        num_heads: heads per stage (split over the two stripe branches).
+        split_sizes: stripe width per stage; ``None`` makes a stage full attention (the last
+            stage of every official variant).
+        dims: stage widths; default ``embed_dim * 2**i`` as in the official classifier.
+        mlp_ratio, qkv_bias, qk_scale: as in the official code.
+        drop_rate: dropout before the classifier; proj_drop_rate: dropout inside the MLPs (the
+            official ``drop_rate``); drop_path_rate: stochastic depth, linear over all blocks.
+        final_norm: LayerNorm on the last stage's output (the official classifier has it; the
+            official segmentation backbone does not).
+        feature_norms: one LayerNorm per stage applied to the features returned by
+            ``forward_intermediates`` / ``features_only`` (the official segmentation backbone's
+            ``norm1..norm4``).
+    """
+
+    def __init__(self, in_chans=3, num_classes=1000, global_pool="avg", embed_dim=64,
+                 depths=(1, 2, 21, 1), num_heads=(2, 4, 8, 16), split_sizes=(1, 2, 7, None),
+                 dims=None, mlp_ratio=4., qkv_bias=True, qk_scale=None, drop_rate=0.,
+                 proj_drop_rate=0., attn_drop_rate=0., drop_path_rate=0., norm_layer=None,
+                 final_norm=True, feature_norms=False):
+        super().__init__()
+        if attn_drop_rate:
+            raise ValueError("CSWin: attention-probability dropout is not supported by the fused "
+                             "attention ops (every official recipe uses attn_drop_rate=0)")
+        num_stages = len(depths)
+        if not (len(num_heads) == len(split_sizes) == num_stages):
+            raise ValueError(f"depths {depths}, num_heads {num_heads} and split_sizes "
+                             f"{split_sizes} must have one entry per stage")
+        dims = tuple(dims) if dims is not None else tuple(embed_dim * 2 ** i for i in range(num_stages))
+        norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-5)
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.output_fmt = "NHWC"
+        self.grad_checkpointing = False
+
+        self.stem = Stem(in_chans, dims[0], norm_layer)
+        dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))]
+        stages, self.feature_info = [], []
+        for i in range(num_stages):
+            stages.append(CSWinStage(
+                dims[max(i - 1, 0)], dims[i], depths[i], num_heads[i], split_sizes[i],
+                downsample=i > 0, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale,
+                proj_drop=proj_drop_rate, drop_path=dpr[i], norm_layer=norm_layer))
+            self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.feature_norms = nn.ModuleList([norm_layer(d) for d in dims]) if feature_norms else None
+        self.norm = norm_layer(self.num_features) if final_norm else nn.Identity()
+        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool,
+                                   drop_rate=drop_rate, input_fmt=self.output_fmt)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        # 1-D parameters (norms, biases) are excluded by timm's optimizer factory already; CSWin
+        # has no position tables or tokens that need excluding on top.
+        return set()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse=False):
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^norm|^feature_norms", (99999,)),
+            ])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable=True):
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self):
+        return self.head.fc
+
+    def reset_classifier(self, num_classes, global_pool=None):
+        self.num_classes = num_classes
+        self.head.reset(num_classes, pool_type=global_pool)
+
+    def _check_input(self, x):
+        check_image_input(x, self.in_chans, type(self).__name__, min_size=3)
+
+    def forward_intermediates(self, x, indices=None, norm=False, stop_early=False,
+                              output_fmt="NCHW", intermediates_only=False):
+        """Stage outputs (NCHW by default) and the final features.
+
+        Features are the raw outputs of each stage's last block; a model built with
+        ``feature_norms=True`` passes each through its own LayerNorm (the official dense backbone),
+        otherwise ``norm=True`` applies the final norm to the last stage's features.
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        self._check_input(x)
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last = len(self.stages) - 1
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
+        intermediates = []
+        x = self.stem(x)
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                if self.feature_norms is not None:
+                    y = self.feature_norms[i](x)
+                elif norm and i == last:
+                    y = self.norm(x)
+                else:
+                    y = x
+                intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(self, indices=1, prune_norm=False, prune_head=True):
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        if self.feature_norms is not None:
+            self.feature_norms = self.feature_norms[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
+
+    def forward_features(self, x):
+        self._check_input(x)
+        x = self.stem(x)
+        x = self.stages(x)
+        return self.norm(x)
+
+    def forward_head(self, x, pre_logits: bool = False):
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+# Official key -> zoo key. Official layout: models/cswin.py (classifier) and
+# segmentation/backbone/cswin_transformer.py (dense backbone, keys under `backbone.` in mmseg files).
+_OFFICIAL_KEY_MAP = [
+    (r"^stage1_conv_embed\.0\.", "stem.conv."),
+    (r"^stage1_conv_embed\.2\.", "stem.norm."),
+    (r"^stage(\d)\.(\d+)\.qkv\.", lambda m: f"stages.{int(m[1]) - 1}.blocks.{m[2]}.attn.qkv."),
+    (r"^stage(\d)\.(\d+)\.proj\.", lambda m: f"stages.{int(m[1]) - 1}.blocks.{m[2]}.attn.proj."),
+    (r"^stage(\d)\.(\d+)\.attns\.(\d)\.get_v\.",
+     lambda m: f"stages.{int(m[1]) - 1}.blocks.{m[2]}.attn.lepe.{m[3]}."),
+    (r"^stage(\d)\.(\d+)\.", lambda m: f"stages.{int(m[1]) - 1}.blocks.{m[2]}."),
+    (r"^merge(\d)\.", lambda m: f"stages.{m[1]}.downsample."),
+    (r"^norm(\d)\.", lambda m: f"feature_norms.{int(m[1]) - 1}."),
+    (r"^head\.", "head.fc."),
+]
+
+
+def checkpoint_filter_fn(state_dict, model=None):
+    """Official CSWin checkpoint (any wrapper: ``state_dict_ema`` > ``state_dict`` > ``model``;
+    mmseg ``backbone.`` prefixes; DDP ``module.``) -> zoo keys. Zoo-layout dicts pass unchanged."""
+    state_dict = unwrap_checkpoint(state_dict)
+    if "stem.conv.weight" in state_dict:
+        return state_dict
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith(("decode_head.", "auxiliary_head.")):
+            continue  # mmseg heads of an ADE20K checkpoint: not part of the backbone
+        if key.startswith("backbone."):
+            key = key[len("backbone."):]
+        for pattern, repl in _OFFICIAL_KEY_MAP:
+            key, n = re.subn(pattern, repl, key)
+            if n:
+                break
+        out[key] = value
+    return out
+
+
+def create_from_official(kwargs, official_class=None):
+    """The zoo model with the architecture the official constructor builds from ``kwargs``.
+
+    ``official_class``: ``models/cswin.py:CSWinTransformer`` (default, the classifier) or
+    ``segmentation/backbone/cswin_transformer.py:CSWin`` (the dense backbone); the class name alone
+    also works.
+    """
+    cls_name = (official_class or "CSWinTransformer").split(":")[-1]
+    if cls_name not in ("CSWinTransformer", "CSWin"):
+        raise ValueError(f"unknown official CSWin class {official_class!r}; expected "
+                         "'models/cswin.py:CSWinTransformer' or "
+                         "'segmentation/backbone/cswin_transformer.py:CSWin'")
+    kw = dict(kwargs)
+    unsupported = [k for k in ("hybrid_backbone", "norm_layer") if kw.get(k) is not None]
+    if unsupported:
+        raise ValueError(f"official kwargs {unsupported} are not supported (no released model uses them)")
+    missing = [k for k in ("embed_dim", "depth", "num_heads", "split_size") if k not in kw]
+    if missing:
+        raise ValueError(f"official CSWin kwargs need {missing} (every released config sets them)")
+    embed_dim, depths, heads = kw["embed_dim"], tuple(kw["depth"]), tuple(kw["num_heads"])
+    if len(heads) != len(depths):
+        raise ValueError(f"num_heads {heads} must have one entry per stage ({len(depths)})")
+    split = kw["split_size"]
+    split = [split] * len(depths) if isinstance(split, int) else list(split)
+    img_size = kw.get("img_size", 224)
+    args = dict(
+        in_chans=kw.get("in_chans", 3), embed_dim=embed_dim, depths=depths, num_heads=heads,
+        mlp_ratio=kw.get("mlp_ratio", 4.), qk_scale=kw.get("qk_scale"),
+        proj_drop_rate=kw.get("drop_rate", 0.), attn_drop_rate=kw.get("attn_drop_rate", 0.),
+        drop_path_rate=kw.get("drop_path_rate", 0.))
+    n = len(depths)
+    if cls_name == "CSWinTransformer":
+        # The classifier builds a stage whose token grid at img_size equals its split as one
+        # full-attention branch; the last stage is always full attention.
+        args["split_sizes"] = tuple(
+            None if i == n - 1 or img_size // (4 * 2 ** i) == split[i] else split[i]
+            for i in range(n))
+        args["qkv_bias"] = kw.get("qkv_bias", True)
+        args["num_classes"] = kw.get("num_classes", 1000)
+    else:
+        # The dense backbone always has two branches before the last stage, a qkv bias, widths
+        # scaled by the head ratio, per-stage output norms, and neither final norm nor head.
+        args["split_sizes"] = tuple(None if i == n - 1 else split[i] for i in range(n))
+        dims = [embed_dim]
+        for i in range(1, n):
+            dims.append(dims[-1] * (heads[i] // heads[i - 1]))
+        args.update(dims=tuple(dims), qkv_bias=True, num_classes=0, final_norm=False,
+                    feature_norms=True)
+    model = CSWinTransformer(**args)
+    if kw.get("use_chk"):
+        model.set_grad_checkpointing(True)
+    return model
+
+
+def _cfg(url="", **kwargs):
+    return {
+        "url": url,
+        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
+        "crop_pct": 0.9, "interpolation": "bicubic", "fixed_input_size": False,
+        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stem.conv", "classifier": "head.fc",
+        "license": "mit",
+        "origin_url": "https://github.com/microsoft/CSWin-Transformer",
+        "paper_ids": "arXiv:2107.00652",
+        "paper_name": "CSWin Transformer: A General Vision Transformer Backbone with "
+                      "Cross-Shaped Windows",
+        **kwargs,
+    }
+
+
+_RELEASE = "https://github.com/microsoft/CSWin-Transformer/releases/download/v0.1.0/"
+
+default_cfgs = generate_default_cfgs({
+    "cswin_tiny_224.in1k": _cfg(url=_RELEASE + "cswin_tiny_224.pth"),
+    "cswin_small_224.in1k": _cfg(url=_RELEASE + "cswin_small_224.pth"),
+    "cswin_base_224.in1k": _cfg(url=_RELEASE + "cswin_base_224.pth"),
+    "cswin_base_384.in1k": _cfg(
+        url=_RELEASE + "cswin_base_384.pth", input_size=(3, 384, 384), pool_size=(12, 12),
+        crop_pct=1.0),
+    "cswin_large_224.in22k_ft_in1k": _cfg(url=_RELEASE + "cswin_large_224.pth"),
+    "cswin_large_224.in22k": _cfg(
+        url=_RELEASE + "cswin_large_22k_224.pth", num_classes=21841,
+        notes=("ImageNet-22k classifier of the official release; the class count (21841) was not "
+               "read from the file: if loading reports a head size mismatch, pass num_classes=.",)),
+    "cswin_large_384.in22k_ft_in1k": _cfg(
+        url=_RELEASE + "cswin_large_384.pth", input_size=(3, 384, 384), pool_size=(12, 12),
+        crop_pct=1.0),
+})
+
+
+def _create_cswin(variant, pretrained=False, **kwargs):
+    return build_zoo_model(CSWinTransformer, variant, pretrained, num_stages=4,
+                           pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+
+
+@register_zoo_model
+def cswin_tiny_224(pretrained=False, **kwargs) -> CSWinTransformer:
+    """CSWin-T (official ``CSWin_64_12211_tiny_224``), 22.3M params."""
+    model_args = dict(embed_dim=64, depths=(1, 2, 21, 1), num_heads=(2, 4, 8, 16),
+                      split_sizes=(1, 2, 7, None))
+    return _create_cswin("cswin_tiny_224", pretrained, **dict(model_args, **kwargs))
+
+
+@register_zoo_model
+def cswin_small_224(pretrained=False, **kwargs) -> CSWinTransformer:
+    """CSWin-S (official ``CSWin_64_24322_small_224``), 34.6M params."""
+    model_args = dict(embed_dim=64, depths=(2, 4, 32, 2), num_heads=(2, 4, 8, 16),
+                      split_sizes=(1, 2, 7, None))
+    return _create_cswin("cswin_small_224", pretrained, **dict(model_args, **kwargs))
+
+
+@register_zoo_model
+def cswin_base_224(pretrained=False, **kwargs) -> CSWinTransformer:
+    """CSWin-B (official ``CSWin_96_24322_base_224``), 77.4M params."""
+    model_args = dict(embed_dim=96, depths=(2, 4, 32, 2), num_heads=(4, 8, 16, 32),
+                      split_sizes=(1, 2, 7, None))
+    return _create_cswin("cswin_base_224", pretrained, **dict(model_args, **kwargs))
+
+
+@register_zoo_model
+def cswin_base_384(pretrained=False, **kwargs) -> CSWinTransformer:
+    """CSWin-B at 384 (official ``CSWin_96_24322_base_384``): stripes of 12 in stage 3."""
+    model_args = dict(embed_dim=96, depths=(2, 4, 32, 2), num_heads=(4, 8, 16, 32),
+                      split_sizes=(1, 2, 12, None))
+    return _create_cswin("cswin_base_384", pretrained, **dict(model_args, **kwargs))
+
+
+@register_zoo_model
+def cswin_large_224(pretrained=False, **kwargs) -> CSWinTransformer:
+    """CSWin-L (official ``CSWin_144_24322_large_224``), 173.3M params; ImageNet-22k pretrained."""
+    model_args = dict(embed_dim=144, depths=(2, 4, 32, 2), num_heads=(6, 12, 24, 24),
+                      split_sizes=(1, 2, 7, None))
+    return _create_cswin("cswin_large_224", pretrained, **dict(model_args, **kwargs))
+
+
+@register_zoo_model
+def cswin_large_384(pretrained=False, **kwargs) -> CSWinTransformer:
+    """CSWin-L at 384 (official ``CSWin_144_24322_large_384``): stripes of 12 in stage 3."""
+    model_args = dict(embed_dim=144, depths=(2, 4, 32, 2), num_heads=(6, 12, 24, 24),
+                      split_sizes=(1, 2, 12, None))
+    return _create_cswin("cswin_large_384", pretrained, **dict(model_args, **kwargs))

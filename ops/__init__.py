@@ -1,0 +1,20 @@
+"""Attention ops of the Backbone Zoo.
+
+Every op is a function ``ops.<op>(q, k, v, ..., backend=None)`` with two implementations: a fused
+Triton kernel (CUDA, or the CPU under ``TRITON_INTERPRET=1``) and a PyTorch reference that runs
+anywhere and is the op's readable definition. ``backend=None`` picks Triton for CUDA tensors and the
+reference elsewhere; ``BACKBONES_OPS_BACKEND=triton|reference`` or ``with ops.use_backend(...)``
+override that for a whole process or block.
+"""
+from ._backend import BACKENDS, current_default_backend, interpreter_enabled, use_backend
+from .window_attention import (
+    centered_window_offset,
+    window_attention_2d,
+    window_depthwise_conv2d,
+    window_grid,
+)
+
+__all__ = [
+    "BACKENDS", "current_default_backend", "interpreter_enabled", "use_backend",
+    "centered_window_offset", "window_attention_2d", "window_depthwise_conv2d", "window_grid",
+]

@@ -1,0 +1,50 @@
+"""Backbone Zoo: vision backbones with fused attention ops, registered with timm."""
+import os
+import re
+
+from setuptools import setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _version():
+    with open(os.path.join(HERE, "backbones", "version.py")) as f:
+        return re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
+
+
+def _readme():
+    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+        return f.read()
+
+
+EXTRAS = {
+    "train": ["mmengine>=0.10.7", "fvcore>=0.1.5.post20221221", "wandb"],
+    "dev": ["pytest>=8", "pytest-xdist", "fvcore>=0.1.5.post20221221"],
+}
+EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+
+setup(
+    name="backbone-zoo",
+    version=_version(),
+    description="Vision backbones (CSWin, HaloNet, BiFormer, LITv2, SHViT, ...) with fused "
+                "Triton attention ops, loading the papers' official weights through timm.",
+    long_description=_readme(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=["backbones", "ops"],
+    install_requires=[
+        "torch>=2.4",
+        "torchvision",
+        "timm>=1.0.31",
+        "safetensors",
+        "tqdm",
+        "triton; platform_system == 'Linux'",
+    ],
+    extras_require=EXTRAS,
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: MIT License",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

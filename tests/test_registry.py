@@ -1,0 +1,82 @@
+"""``import backbones`` registers the zoo with timm and never replaces a timm model."""
+import os
+import re
+import subprocess
+import sys
+from urllib.parse import urlparse
+
+import pytest
+import timm
+
+import backbones
+from backbones._registry import register_zoo_model
+
+ZOO = backbones.list_zoo_models()
+
+
+def test_import_overwrites_no_timm_name():
+    code = (
+        "import warnings, timm\n"
+        "before = set(timm.list_models())\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import backbones\n"
+        "after = set(timm.list_models())\n"
+        "ours = set(backbones.list_zoo_models())\n"
+        "assert not [w for w in caught if 'Overwriting' in str(w.message)], caught\n"
+        "assert before <= after and not (ours & before), ours & before\n"
+        "assert ours == after - before, (ours, after - before)\n"
+        "print(len(ours))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONWARNINGS="default"))
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.strip()) == len(ZOO) > 0
+
+
+def test_registering_a_timm_name_raises():
+    def resnet50(pretrained=False, **kwargs):  # timm's own name
+        raise AssertionError("never called")
+    with pytest.raises(RuntimeError, match="overwrite timm's own model"):
+        register_zoo_model(resnet50)
+    assert "resnet50" not in ZOO
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_name_is_family_variant_resolution(name):
+    family = backbones._registry._ZOO_MODELS[name]
+    match = re.fullmatch(rf"{family}_([a-z0-9]+_)+(\d+)", name)
+    assert match, f"{name} is not <family>_<variant>_<resolution>"
+    for tag_name in timm.list_pretrained(name + ".*"):
+        cfg = timm.models.get_pretrained_cfg(tag_name)
+        assert cfg.input_size[-1] == int(match.group(2)), tag_name
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_default_cfgs_carry_real_sources_and_metadata(name):
+    tags = timm.list_pretrained(name + ".*")
+    assert tags, f"{name} has no pretrained tag"
+    for tag_name in tags:
+        cfg = timm.models.get_pretrained_cfg(tag_name)
+        url = urlparse(cfg.url)
+        assert url.scheme == "https" and url.path.endswith((".pth", ".pt", ".safetensors", ".bin"))
+        assert cfg.license and cfg.paper_ids and cfg.origin_url and cfg.paper_name
+        assert cfg.first_conv and cfg.classifier
+        assert 0 < cfg.crop_pct <= 1 and cfg.interpolation in ("bicubic", "bilinear")
+    assert timm.is_model_pretrained(name)
+
+
+def test_release_file_names_are_unique():
+    """timm caches downloads by URL basename: two sources with one basename would collide."""
+    seen = {}
+    for name in ZOO:
+        for tag_name in timm.list_pretrained(name + ".*"):
+            url = timm.models.get_pretrained_cfg(tag_name).url
+            base = os.path.basename(urlparse(url).path)
+            assert seen.setdefault(base, url) == url, f"{base}: {seen[base]} and {url}"
+
+
+def test_get_family_module():
+    assert backbones.get_family_module("cswin_tiny_224") is backbones.cswin
+    assert backbones.get_family_module("cswin") is backbones.cswin
+    with pytest.raises(KeyError, match="list_zoo_models"):
+        backbones.get_family_module("nope_1")
