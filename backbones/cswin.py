@@ -422,6 +422,18 @@ default_cfgs = generate_default_cfgs({
 })
 
 
+# The official README's ImageNet-1k top-1 and its params / FLOPs columns (FLOPs = multiply-adds).
+# fvcore counts CSWin-L at 33.19 / 102.06 GMACs against the README's 31.5 / 96.8 (model card).
+PAPER_RESULTS = {
+    "cswin_tiny_224": dict(top1=82.8, params_m=23, gflops=4.3),
+    "cswin_small_224": dict(top1=83.6, params_m=35, gflops=6.9),
+    "cswin_base_224": dict(top1=84.2, params_m=78, gflops=15.0),
+    "cswin_base_384": dict(top1=85.5, params_m=78, gflops=47.0),
+    "cswin_large_224": dict(top1=86.5, params_m=173, gflops=31.5),
+    "cswin_large_384": dict(top1=87.5, params_m=173, gflops=96.8),
+}
+
+
 def _create_cswin(variant, pretrained=False, **kwargs):
     return build_zoo_model(CSWinTransformer, variant, pretrained, num_stages=4,
                            pretrained_filter_fn=checkpoint_filter_fn, **kwargs)

@@ -1,0 +1,197 @@
+"""tools/benchmark.py and tools/convert.py, on the CPU, without network."""
+import csv
+import importlib.util
+import json
+import os
+
+import pytest
+import timm
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+import backbones
+import ops
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GOLDEN = os.environ.get("BACKBONES_GOLDEN_DIR",
+                        os.path.join(os.path.dirname(__file__), "..", "..", "shared", "golden"))
+
+
+def _load_tool(name):
+    spec = importlib.util.spec_from_file_location(f"zoo_tools_{name}",
+                                                  os.path.join(ROOT, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench_tool():
+    return _load_tool("benchmark")
+
+
+@pytest.fixture(scope="module")
+def convert_tool():
+    return _load_tool("convert")
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+def test_params_gmacs_compare_paper(bench_tool, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(backbones.cswin, "PAPER_RESULTS",
+                        {"cswin_tiny_224": {"top1": 82.7, "params_m": 23, "gflops": 4.3}},
+                        raising=False)
+    out_csv = tmp_path / "params.csv"
+    rows = bench_tool.main(["--models", "cswin_tiny_224", "--params-only", "--compare", "--paper",
+                           "--csv", str(out_csv)])
+    assert len(rows) == 1  # CSWin has no timm twin: no extra row
+    assert rows[0]["params"] == 22_320_552
+    assert rows[0]["gmacs"] == pytest.approx(4.341, rel=0.01)  # official count by fvcore
+    assert rows[0]["error"] is None
+    printed = capsys.readouterr().out
+    assert "timm has no twin of cswin_tiny_224" in printed
+    assert "| cswin_tiny_224 | 22.32 | 4.341 | 224x224 | 82.7% / 23M / 4.3G |" in printed
+    with open(out_csv) as f:
+        assert [r["params"] for r in csv.DictReader(f)] == ["22320552"]
+
+
+def test_timed_case_writes_csv_and_markdown(bench_tool, tmp_path):
+    out_csv, out_md = tmp_path / "bench.csv", tmp_path / "bench.md"
+    rows = bench_tool.main(["--models", "cswin_tiny_224", "--img-size", "64", "--batch-sizes", "1",
+                           "--iters", "1", "--warmup", "0", "--csv", str(out_csv),
+                           "--markdown", str(out_md)])
+    assert len(rows) == 1 and rows[0]["error"] is None, rows
+    with open(out_csv) as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == bench_tool.CSV_FIELDS
+        (row,) = list(reader)
+    assert row["model"] == "cswin_tiny_224" and row["source"] == "zoo"
+    assert row["resolution"] == "64x64" and row["batch_size"] == "1" and row["iters"] == "1"
+    assert float(row["median_ms"]) > 0 and float(row["img_per_s"]) > 0
+    assert float(row["peak_mb"]) >= 0 and row["memory"] == "peak RSS+ MB"
+    text = out_md.read_text()
+    assert f"torch {torch.__version__}" in text and "threads 2" in text
+    assert "| model | params (M) | GMACs | resolution | b1 ms | b1 img/s | b1 peak RSS+ MB |" in text
+    assert "| cswin_tiny_224 | 22.32 |" in text
+
+
+def test_failing_model_gets_an_error_row(bench_tool, capsys):
+    rows = bench_tool.main(["--models", "cswin_tiny_224", "--params-only", "--img-size", "1"])
+    assert rows[0]["params"] == 22_320_552 and rows[0]["gmacs"] is None
+    assert "GMAC count failed" in rows[0]["error"]
+    assert "cswin_tiny_224: GMAC count failed" in capsys.readouterr().out
+
+
+def test_unknown_model_exits_with_a_message(bench_tool):
+    with pytest.raises(SystemExit) as exc:
+        bench_tool.main(["--models", "cswin_tinny_224", "--params-only"])
+    assert "unknown model 'cswin_tinny_224'" in str(exc.value.code)
+    assert "cswin_tiny_224" in str(exc.value.code)  # the close match is suggested
+
+
+def test_sdpa_handle_counts_broadcast_and_gqa_batches(bench_tool):
+    class Shape:
+        def __init__(self, *shape):
+            self.shape = list(shape)
+
+        def type(self):
+            return self
+
+        def sizes(self):
+            return self.shape
+
+    q, k, v = Shape(2, 4, 3, 10, 8), Shape(1, 4, 3, 12, 8), Shape(1, 4, 3, 12, 16)
+    assert bench_tool.sdpa_flop_jit([q, k, v], []) == 2 * 4 * 3 * 10 * 12 * (8 + 16)
+    q, k = Shape(2, 8, 10, 8), Shape(2, 2, 12, 8)  # grouped-query: q's head count
+    assert bench_tool.sdpa_flop_jit([q, k, k], []) == 2 * 8 * 10 * 12 * 16
+
+
+# ----------------------------------------------------------------------------- convert
+
+@pytest.fixture
+def cswin_fixture():
+    path = os.path.join(GOLDEN, "cswin")
+    if not os.path.isdir(path):
+        pytest.fail(f"golden fixture not found at {path}; set BACKBONES_GOLDEN_DIR")
+    return path
+
+
+def test_convert_official_checkpoint_matches_golden(convert_tool, cswin_fixture, tmp_path):
+    config_path = os.path.join(cswin_fixture, "config.json")
+    with open(config_path) as f:
+        config = json.load(f)
+    checkpoint = tmp_path / "cswin_official.pth"
+    torch.save({config["checkpoint_wrapper_key"]:
+                load_file(os.path.join(cswin_fixture, "state_dict.safetensors"))}, checkpoint)
+    output = tmp_path / "out" / "cswin_custom.safetensors"
+    summary = convert_tool.main([str(checkpoint), "--family", "cswin",
+                                 "--official-kwargs", config_path, "--output", str(output)])
+    assert summary["num_classes"] == config["kwargs"]["num_classes"]
+
+    model = backbones.cswin.create_from_official(config["kwargs"], config["official_class"])
+    model.load_state_dict(load_file(output), strict=True)
+    io = load_file(os.path.join(cswin_fixture, "io.safetensors"))
+    with torch.no_grad(), ops.use_backend("reference"):
+        logits = model.eval()(io["input"])
+    assert (logits - io["logits"]).abs().max().item() < 1e-4
+
+    with safe_open(output, "pt") as f:
+        meta = f.metadata()
+    assert meta["format"] == "pt" and meta["family"] == "cswin"
+    assert meta["source_file"] == checkpoint.name and len(meta["source_sha256"]) == 64
+    assert meta["zoo_version"] == backbones.__version__
+    assert json.loads(meta["official_kwargs"]) == config["kwargs"]
+    assert meta["official_class"] == config["official_class"]
+
+
+def test_convert_variant_reads_num_classes_from_the_checkpoint(convert_tool, tmp_path):
+    checkpoint = tmp_path / "cswin_tiny_10.pth"
+    model = timm.create_model("cswin_tiny_224", num_classes=10)
+    torch.save({"model": model.state_dict()}, checkpoint)
+    output = tmp_path / "cswin_tiny_10.safetensors"
+    summary = convert_tool.main([str(checkpoint), "--model", "cswin_tiny_224",
+                                 "--output", str(output)])
+    assert summary["num_classes"] == 10 and summary["params"] == 22_320_552 - 990 * 513
+    with safe_open(output, "pt") as f:
+        assert f.metadata()["architecture"] == "cswin_tiny_224"
+        assert f.get_slice("head.fc.weight").get_shape() == [10, 512]
+
+
+def test_convert_wrong_variant_is_a_clear_error(convert_tool, tmp_path):
+    model = backbones.cswin.create_from_official(
+        dict(embed_dim=8, depth=[1, 1, 1, 1], num_heads=[2, 2, 4, 4], split_size=[1, 2, 7, 7]))
+    checkpoint = tmp_path / "wrong_variant.safetensors"
+    save_file(model.state_dict(), checkpoint)
+    with pytest.raises(SystemExit) as exc:
+        convert_tool.main([str(checkpoint), "--model", "cswin_tiny_224", "--output",
+                      str(tmp_path / "x.safetensors")])
+    message = str(exc.value.code)
+    assert "does not fit the model" in message and "size mismatch for stem.conv.weight" in message
+    assert "--num-classes" in message and "another variant" in message
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_convert_missing_and_truncated_files(convert_tool, cswin_fixture, tmp_path):
+    config_path = os.path.join(cswin_fixture, "config.json")
+    args = ["--family", "cswin", "--official-kwargs", config_path,
+            "--output", str(tmp_path / "x.safetensors")]
+    with pytest.raises(SystemExit) as exc:
+        convert_tool.main([str(tmp_path / "absent.pth")] + args)
+    assert "does not exist" in str(exc.value.code)
+
+    checkpoint = tmp_path / "cut.pth"
+    torch.save({"state_dict_ema": load_file(os.path.join(cswin_fixture, "state_dict.safetensors"))},
+               checkpoint)
+    data = checkpoint.read_bytes()
+    checkpoint.write_bytes(data[:len(data) // 2])
+    with pytest.raises(SystemExit) as exc:
+        convert_tool.main([str(checkpoint)] + args)
+    assert "truncated" in str(exc.value.code)
+
+    cut = tmp_path / "cut.safetensors"
+    save_file(load_file(os.path.join(cswin_fixture, "state_dict.safetensors")), cut)
+    cut.write_bytes(cut.read_bytes()[:-100])
+    with pytest.raises(SystemExit) as exc:
+        convert_tool.main([str(cut)] + args)
+    assert "truncated" in str(exc.value.code)

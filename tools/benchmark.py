@@ -1,0 +1,510 @@
+"""Parameters, GMACs, latency, throughput and peak memory of zoo models (and any timm model).
+
+    python tools/benchmark.py                                  # every zoo model, CPU, batch 1 and 8
+    python tools/benchmark.py --params-only                    # params + GMACs only, quick
+    python tools/benchmark.py --models 'cswin_*' --device cuda --amp bf16 --batch-sizes 1 64 256
+    python tools/benchmark.py --models cswin_tiny_224 --compare --paper --csv out.csv
+
+GMACs: fvcore ``FlopCountAnalysis`` at batch 1 and the model's pretrained_cfg input size (or
+``--img-size``), one multiply-add counted once (the papers' "FLOPs"), with
+``aten::scaled_dot_product_attention`` counted as ``batch * heads * Lq * Lk * (d_qk + d_v)``. It is
+always counted on the PyTorch reference path of ``ops`` (the Triton kernels are invisible to a
+trace). Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (weights included); on the CPU the
+increase of resident memory over the built model, each model running in its own subprocess.
+"""
+import argparse
+import contextlib
+import csv
+import difflib
+import fnmatch
+import json
+import math
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+
+import timm
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import backbones
+import ops
+
+WORKER_PREFIX = "@@benchmark-result "
+# Ops whose absence from fvcore's count would hide real work (element-wise ones do not matter).
+MATMUL_LIKE = re.compile(r"mm\b|matmul|einsum|linear|conv|attention|dot|bilinear")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", metavar="NAME",
+                   help="model names or fnmatch patterns (patterns match zoo models, or timm's "
+                        "when no zoo model matches); default: every zoo model")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8], metavar="B")
+    p.add_argument("--bench", choices=("inference", "train"), default="inference",
+                   help="train times forward + backward + an SGD step")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls per case (default 1)")
+    p.add_argument("--iters", type=int, default=3, help="timed calls per case (default 3)")
+    p.add_argument("--max-seconds", type=float, default=20.,
+                   help="stop a case's timed calls once they took this long, after at least one "
+                        "(default 20; raise it with --iters for steadier numbers on big models)")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--amp", choices=("bf16", "fp16"), help="autocast dtype (default float32)")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--backend", choices=("triton", "reference"),
+                   help="ops backend (ops.use_backend); default: triton on CUDA, reference on CPU")
+    p.add_argument("--img-size", type=int, help="input resolution instead of the model's")
+    p.add_argument("--params-only", action="store_true", help="params and GMACs, no timing")
+    p.add_argument("--compare", action="store_true",
+                   help="also run timm's model of the same architecture, where timm has one")
+    p.add_argument("--paper", action="store_true",
+                   help="add the paper's numbers (family module's PAPER_RESULTS)")
+    p.add_argument("--csv", metavar="PATH", help="write one row per (model, batch size)")
+    p.add_argument("--markdown", metavar="PATH", help="write the printed table")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one model, JSON settings
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- model list
+
+def resolve_models(patterns):
+    """Zoo models by default; names and fnmatch patterns otherwise. Unknown names exit."""
+    zoo = backbones.list_zoo_models()
+    if not patterns:
+        return zoo
+    names = []
+    for pattern in patterns:
+        if any(c in pattern for c in "*?["):
+            found = fnmatch.filter(zoo, pattern) or timm.list_models(pattern)
+            if not found:
+                raise SystemExit(f"benchmark.py: error: no zoo or timm model matches {pattern!r}")
+        elif timm.is_model(pattern):
+            found = [pattern]
+        else:
+            close = difflib.get_close_matches(pattern, zoo + timm.list_models(), n=3)
+            raise SystemExit(f"benchmark.py: error: unknown model {pattern!r}"
+                             + (f"; did you mean {', '.join(close)}?" if close else "")
+                             + " (zoo models: backbones.list_zoo_models())")
+        names += [n for n in found if n not in names]
+    return names
+
+
+def is_zoo_model(name):
+    return name.split(".")[0] in backbones.list_zoo_models()
+
+
+def family_attr(name, attr):
+    """``attr`` of the zoo family module of ``name`` ({} for timm models or when undefined)."""
+    if not is_zoo_model(name):
+        return {}
+    return getattr(backbones.get_family_module(name), attr, {})
+
+
+def with_timm_twins(names):
+    """``[(name, is_twin)]`` with timm's model of the same architecture after each zoo model that
+    has one (``TIMM_EQUIVALENTS``), and notes for those that have none."""
+    cases, notes = [], []
+    for name in names:
+        cases.append((name, False))
+        if not is_zoo_model(name):
+            continue
+        twin = family_attr(name, "TIMM_EQUIVALENTS").get(name.split(".")[0])
+        if twin:
+            cases.append((twin, True))
+        else:
+            notes.append(f"--compare: timm has no twin of {name} (no TIMM_EQUIVALENTS entry)")
+    return cases, notes
+
+
+# ----------------------------------------------------------------------------- measuring
+
+def sdpa_flop_jit(inputs, outputs):
+    """MACs of ``aten::scaled_dot_product_attention``: ``q kᵀ`` and ``attn v``. Batch dims are
+    broadcast (and grouped-query heads take q's count); masks and dropout are element-wise."""
+    q, k, v = (t.type().sizes() for t in inputs[:3])
+    rank = max(len(q), len(k), len(v))
+    padded = [[1] * (rank - len(s)) + list(s[:-2]) for s in (q, k, v)]
+    batch = math.prod(max(dims) for dims in zip(*padded))
+    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
+def count_gmacs(model, input_size):
+    """(GMACs at batch 1, sorted uncounted matmul-like ops)."""
+    device = next(model.parameters()).device
+    x = torch.randn(1, *input_size, device=device)
+    was_training = model.training
+    model.eval()
+    with warnings.catch_warnings(), ops.use_backend("reference"), torch.no_grad():
+        warnings.simplefilter("ignore", FutureWarning)  # fvcore's use of torch.jit, deprecated
+        from fvcore.nn import FlopCountAnalysis
+        analysis = FlopCountAnalysis(model, x)
+        analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        total = analysis.total()
+        uncounted = sorted(op for op in analysis.unsupported_ops()
+                           if MATMUL_LIKE.search(op) or not op.startswith(("aten::", "prim::")))
+    model.train(was_training)
+    return total / 1e9, uncounted
+
+
+def rss_bytes():
+    """Resident memory of this process now (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def max_rss_bytes():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+class PeakRss:
+    """Peak resident memory (bytes) of this process while the block runs: ``ru_maxrss`` when the
+    block set a new high for the process (exact), else the highest of samples taken every 5 ms."""
+
+    def _sample(self):
+        while not self.stop.wait(0.005):
+            self.peak = max(self.peak, rss_bytes())
+
+    def __enter__(self):
+        self.max_before, self.peak = max_rss_bytes(), rss_bytes()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.peak = max(self.peak, rss_bytes())
+        if max_rss_bytes() > self.max_before:
+            self.peak = max_rss_bytes()
+
+
+def make_step(model, batch, input_size, settings):
+    """A callable running one forward (inference) or one training step on a random batch."""
+    device = torch.device(settings["device"])
+    x = torch.randn(batch, *input_size, device=device)
+    if settings["channels_last"]:
+        x = x.contiguous(memory_format=torch.channels_last)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings["amp"])
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+    if settings["bench"] == "inference":
+        model.eval()
+
+        def step():
+            with torch.inference_mode(), autocast():
+                model(x)
+        return step
+
+    model.train()
+    target = torch.randint(0, model.num_classes, (batch,), device=device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=settings["amp"] == "fp16")
+
+    def step():
+        with autocast():
+            loss = F.cross_entropy(model(x).float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return step
+
+
+def time_case(model, batch, input_size, settings, rss_baseline):
+    """Median/min ms over the timed calls and the case's peak memory in MB."""
+    device = torch.device(settings["device"])
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    backend = (ops.use_backend(settings["backend"]) if settings["backend"]
+               else contextlib.nullcontext())
+    times = []
+    with backend, PeakRss() if device.type == "cpu" else contextlib.nullcontext() as rss:
+        step = make_step(model, batch, input_size, settings)
+        for _ in range(settings["warmup"]):
+            step()
+        sync()
+        start = time.perf_counter()
+        while len(times) < settings["iters"] and (
+                not times or time.perf_counter() - start < settings["max_seconds"]):
+            t0 = time.perf_counter()
+            step()
+            sync()
+            times.append(time.perf_counter() - t0)
+        del step
+    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+            else rss.peak - rss_baseline)
+    median = statistics.median(times)
+    return dict(median_ms=round(median * 1e3, 3), min_ms=round(min(times) * 1e3, 3),
+                img_per_s=round(batch / median, 3), peak_mb=round(peak / 2 ** 20, 1),
+                iters=len(times))
+
+
+def _error(e):
+    return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
+
+
+def benchmark_model(name, settings):
+    """Yield ``{"kind": "case", ...}`` per batch size, then ``{"kind": "model", ...}`` (params,
+    GMACs, resolution; ``error`` set when the model could not be built)."""
+    torch.set_num_threads(settings["threads"])
+    info = dict(kind="model", model=name, params=None, gmacs=None, uncounted=[], resolution=None,
+                error=None)
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+        kwargs = {}
+        if settings["img_size"] and cfg is not None and cfg.fixed_input_size:
+            kwargs["img_size"] = settings["img_size"]  # e.g. ViTs: position embeddings
+        model = timm.create_model(name, **kwargs)
+        in_chans, height, width = model.pretrained_cfg["input_size"]
+        if settings["img_size"]:
+            height = width = settings["img_size"]
+        input_size = (in_chans, height, width)
+        info.update(params=sum(p.numel() for p in model.parameters()),
+                    resolution=f"{height}x{width}")
+        model.to(settings["device"])
+        if settings["channels_last"]:
+            model.to(memory_format=torch.channels_last)
+    except Exception as e:  # noqa: BLE001  (reported as an error row)
+        info["error"] = _error(e)
+        yield info
+        return
+
+    if not settings["params_only"]:
+        # Resident memory of the built model, before any forward: the CPU peaks are relative to it.
+        rss_baseline = rss_bytes() if settings["device"] == "cpu" else 0
+        for batch in settings["batch_sizes"]:
+            case = dict(kind="case", model=name, batch_size=batch, error=None)
+            try:
+                case.update(time_case(model, batch, input_size, settings, rss_baseline))
+            except Exception as e:  # noqa: BLE001  (OOM and friends: an error row, not a crash)
+                case["error"] = _error(e)
+                if settings["device"] == "cuda":
+                    torch.cuda.empty_cache()
+            yield case
+    try:
+        info["gmacs"], info["uncounted"] = count_gmacs(model, input_size)
+    except ImportError as e:
+        info["error"] = f"GMACs need fvcore (pip install fvcore): {_error(e)}"
+    except Exception as e:  # noqa: BLE001
+        info["error"] = f"GMAC count failed: {_error(e)}"
+    del model
+    yield info
+
+
+def benchmark_in_subprocess(name, settings):
+    """:func:`benchmark_model` in a fresh interpreter (``--worker``), so that resident-memory
+    peaks belong to this model alone; a crash (e.g. the OOM killer) becomes an error record."""
+    cmd = [sys.executable, os.path.abspath(__file__),
+           "--worker", json.dumps(dict(settings, model=name))]
+    seen_model = False
+    with tempfile.TemporaryFile("w+") as stderr:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        for line in proc.stdout:
+            if line.startswith(WORKER_PREFIX):
+                record = json.loads(line[len(WORKER_PREFIX):])
+                seen_model |= record["kind"] == "model"
+                yield record
+        proc.wait()
+        if proc.returncode and not seen_model:
+            stderr.seek(0)
+            tail = [ln for ln in stderr.read().splitlines() if ln.strip()][-1:]
+            reason = (f"killed by signal {-proc.returncode} (out of memory?)" if proc.returncode < 0
+                      else f"exit status {proc.returncode}")
+            yield dict(kind="model", model=name, params=None, gmacs=None, uncounted=[],
+                       resolution=None, error=f"worker {reason}: {' '.join(tail)}"[:300])
+
+
+def worker_main(spec):
+    warnings.filterwarnings("ignore")
+    settings = json.loads(spec)
+    for record in benchmark_model(settings.pop("model"), settings):
+        print(WORKER_PREFIX + json.dumps(record), flush=True)
+
+
+# ----------------------------------------------------------------------------- reporting
+
+def describe_machine(settings):
+    if settings["device"] == "cuda":
+        hardware = torch.cuda.get_device_name()
+    else:
+        model_name = "unknown CPU"
+        with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+            model_name = next((ln.split(":", 1)[1].strip() for ln in f
+                               if ln.startswith("model name")), model_name)
+        hardware = f"{model_name} ({os.cpu_count()} CPUs)"
+    backend = settings["backend"] or (
+        f"auto: {ops.current_default_backend(torch.device(settings['device']))}")
+    line = (f"{hardware} | torch {torch.__version__} | timm {timm.__version__} | "
+            f"threads {settings['threads']} | ops backend {backend}")
+    if settings["params_only"]:
+        return line + " | GMACs by fvcore on the reference ops path"
+    return (f"{line} | {settings['bench']} | {settings['amp'] or 'fp32'}"
+            f"{' channels-last' if settings['channels_last'] else ''} | warmup {settings['warmup']}, "
+            f"iters {settings['iters']} (at most {settings['max_seconds']:g} s)")
+
+
+def memory_label(settings):
+    return "peak alloc MB" if settings["device"] == "cuda" else "peak RSS+ MB"
+
+
+def memory_note(settings):
+    if settings["device"] == "cuda":
+        return ("peak alloc MB: torch.cuda.max_memory_allocated over the case (weights included), "
+                "after reset_peak_memory_stats.")
+    return ("peak RSS+ MB: peak resident memory during the case minus that of the built model, "
+            "each model in its own subprocess (ru_maxrss; /proc/self/statm samples when the case "
+            "set no new high).")
+
+
+def paper_cell(name):
+    paper = family_attr(name, "PAPER_RESULTS").get(name.split(".")[0])
+    if not paper:
+        return "–"
+    return " / ".join(f"{paper[k]}{unit}" if paper.get(k) is not None else "–"
+                      for k, unit in (("top1", "%"), ("params_m", "M"), ("gflops", "G")))
+
+
+def _fmt(value, spec):
+    return "–" if value is None else format(value, spec)
+
+
+def markdown_table(records, settings, paper):
+    batches = [] if settings["params_only"] else settings["batch_sizes"]
+    header = ["model", "params (M)", "GMACs", "resolution"]
+    for b in batches:
+        header += [f"b{b} ms", f"b{b} img/s", f"b{b} {memory_label(settings)}"]
+    if paper:
+        header.append("paper top-1 / params / GFLOPs")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for rec in records:
+        label = rec["model"] + (" (timm)" if rec["twin"] else "")
+        row = [label, _fmt(rec["params"] and rec["params"] / 1e6, ".2f"), _fmt(rec["gmacs"], ".3f"),
+               rec["resolution"] or "–"]
+        for b in batches:
+            case = rec["cases"].get(b)
+            if case is None or case["error"]:
+                row += ["error", "–", "–"]
+            else:
+                row += [f"{case['median_ms']:.1f}", f"{case['img_per_s']:.1f}",
+                        f"{case['peak_mb']:.0f}"]
+        if paper:
+            row.append(paper_cell(rec["model"]) if not rec["twin"] else "–")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def report_notes(records, settings):
+    notes = [memory_note(settings)] if not settings["params_only"] else []
+    for rec in records:
+        if rec["error"]:
+            notes.append(f"{rec['model']}: {rec['error']}")
+        for b, case in rec["cases"].items():
+            if case["error"]:
+                notes.append(f"{rec['model']} batch {b}: {case['error']}")
+        if rec["uncounted"]:
+            notes.append(f"{rec['model']}: GMACs leave out the matmul-like ops "
+                         f"{', '.join(rec['uncounted'])}")
+    return notes
+
+
+def csv_rows(records, settings):
+    batches = [] if settings["params_only"] else settings["batch_sizes"]
+    rows = []
+    for rec in records:
+        base = dict(model=rec["model"], source=rec["source"],
+                    params=rec["params"], gmacs=rec["gmacs"] and round(rec["gmacs"], 4),
+                    resolution=rec["resolution"], device=settings["device"],
+                    bench=settings["bench"], amp=settings["amp"] or "fp32",
+                    channels_last=settings["channels_last"], backend=settings["backend"] or "auto",
+                    threads=settings["threads"],
+                    memory=None if settings["params_only"] else memory_label(settings),
+                    paper=paper_cell(rec["model"]) if not rec["twin"] else "–", error=rec["error"])
+        if not batches:
+            rows.append(base)
+        for b in batches:
+            case = rec["cases"].get(b, {})
+            rows.append(dict(base, batch_size=b, **{k: case.get(k) for k in CASE_FIELDS},
+                             error=case.get("error") or rec["error"]))
+    return rows
+
+
+CASE_FIELDS = ["median_ms", "min_ms", "img_per_s", "peak_mb", "iters"]
+CSV_FIELDS = ["model", "source", "params", "gmacs", "resolution", "batch_size", *CASE_FIELDS,
+              "memory", "device", "bench", "amp", "channels_last", "backend", "threads", "paper",
+              "error"]
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv=None):
+    """Run the benchmark; returns one dict per (model, batch size) (per model with
+    ``--params-only``), the rows of ``--csv``."""
+    args = parse_args(argv)
+    if args.worker:
+        return worker_main(args.worker)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("benchmark.py: error: --device cuda but torch sees no CUDA device")
+    if min(args.batch_sizes) < 1 or args.iters < 1 or args.warmup < 0:
+        raise SystemExit("benchmark.py: error: batch sizes and --iters must be >= 1, --warmup >= 0")
+    settings = dict(device=args.device, batch_sizes=args.batch_sizes, bench=args.bench,
+                    warmup=args.warmup, iters=args.iters, max_seconds=args.max_seconds,
+                    threads=args.threads, amp=args.amp, channels_last=args.channels_last,
+                    backend=args.backend, img_size=args.img_size, params_only=args.params_only)
+    torch.set_num_threads(args.threads)
+    names = resolve_models(args.models)
+    cases, notes = with_timm_twins(names) if args.compare else ([(n, False) for n in names], [])
+    in_subprocess = args.device == "cpu" and not args.params_only
+    run = benchmark_in_subprocess if in_subprocess else benchmark_model
+
+    records = []
+    steps_per_model = 1 if args.params_only else len(args.batch_sizes)
+    with tqdm(total=len(cases) * steps_per_model, desc="benchmark", unit="case") as bar:
+        for name, twin in cases:
+            bar.set_postfix_str(name)
+            source = "timm twin" if twin else "zoo" if is_zoo_model(name) else "timm"
+            rec = dict(model=name, twin=twin, cases={}, source=source)
+            for record in run(name, settings):
+                if record["kind"] == "case":
+                    rec["cases"][record["batch_size"]] = record
+                    bar.update(1)
+                else:
+                    rec.update({k: v for k, v in record.items() if k not in ("kind", "model")})
+            bar.update(steps_per_model - len(rec["cases"]))  # cases a failed model never ran
+            records.append(rec)
+
+    machine = describe_machine(settings)
+    table = markdown_table(records, settings, args.paper)
+    notes += report_notes(records, settings)
+    text = "\n".join([machine, "", table] + ([""] + [f"- {n}" for n in notes] if notes else []))
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text + "\n")
+    rows = csv_rows(records, settings)
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
