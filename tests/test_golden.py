@@ -15,7 +15,8 @@ def test_fixtures_found():
     assert FIXTURES, f"no golden fixtures under {GOLDEN}; set BACKBONES_GOLDEN_DIR"
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
+# The Triton path runs under the interpreter on CPU-only machines: ~10-25 s per fixture.
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("fixture", FIXTURES)
 def test_golden_fixture(fixture, backend):
     if family_of(fixture) not in backbones.FAMILIES:
