@@ -17,9 +17,11 @@ def _readme():
         return f.read()
 
 
+FVCORE = "fvcore>=0.1.5.post20221221"  # GMAC counts in tools/benchmark.py (the papers' convention)
 EXTRAS = {
-    "train": ["mmengine>=0.10.7", "fvcore>=0.1.5.post20221221", "wandb"],
-    "dev": ["pytest>=8", "pytest-xdist", "fvcore>=0.1.5.post20221221"],
+    "benchmark": [FVCORE],
+    "train": ["mmengine>=0.10.7", FVCORE, "wandb"],
+    "dev": ["pytest>=8", "pytest-xdist", FVCORE],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 

@@ -160,8 +160,25 @@ def window_depthwise_conv2d(x, weight, bias=None, window_size=None, *, window_of
     if weight.shape[0] != h * d or weight.shape[1] != 1:
         raise ValueError(f"depthwise weight must be ({h * d}, 1, kh, kw), got {tuple(weight.shape)}")
     kh, kw = weight.shape[-2:]
+    if kh % 2 == 0 or kw % 2 == 0:
+        raise ValueError(f"depthwise kernel must have odd sizes, got {kh}x{kw}")
     window_size, window_offset = _check_window((H, W), window_size, window_offset)
     wh, ww = window_size
+    (nwy, nwx), (top, bottom, left, right) = window_grid((H, W), window_size, window_offset)
+    # No partition is needed along an axis whose one window is the whole grid (the conv's own zero
+    # padding is the window border), nor along an axis of 1-token windows (only the kernel's centre
+    # tap sees data there). CSWin's first stage (stripes of 1) and last stage (full grid) are such.
+    whole_y, whole_x = nwy == 1 and not (top or bottom), nwx == 1 and not (left or right)
+    if (whole_y or wh == 1) and (whole_x or ww == 1):
+        if not whole_y:
+            weight = weight[:, :, kh // 2:kh // 2 + 1]
+        if not whole_x:
+            weight = weight[:, :, :, kw // 2:kw // 2 + 1]
+        # Channels-last: one copy out of the strided (qkv) view, and mkldnn's fast depthwise path.
+        xc = x.permute(0, 2, 3, 1, 4).reshape(B, H, W, h * d).permute(0, 3, 1, 2)
+        y = F.conv2d(xc, weight, bias, padding=(weight.shape[-2] // 2, weight.shape[-1] // 2),
+                     groups=h * d)
+        return y.permute(0, 2, 3, 1).reshape(B, H, W, h, d).permute(0, 3, 1, 2, 4)
     xw = to_windows(x, window_size, window_offset)  # (B, h, nW, L, d)
     nw = xw.shape[2]
     xw = xw.permute(0, 2, 1, 4, 3).reshape(B * nw, h * d, wh, ww)
