@@ -7,6 +7,7 @@ reference elsewhere; ``BACKBONES_OPS_BACKEND=triton|reference`` or ``with ops.us
 override that for a whole process or block.
 """
 from ._backend import BACKENDS, current_default_backend, interpreter_enabled, use_backend
+from . import flops
 from .window_attention import (
     centered_window_offset,
     window_attention_2d,
@@ -15,6 +16,6 @@ from .window_attention import (
 )
 
 __all__ = [
-    "BACKENDS", "current_default_backend", "interpreter_enabled", "use_backend",
+    "flops", "BACKENDS", "current_default_backend", "interpreter_enabled", "use_backend",
     "centered_window_offset", "window_attention_2d", "window_depthwise_conv2d", "window_grid",
 ]

@@ -6,7 +6,7 @@ call time, so it can be flipped inside a process), then the device: Triton for C
 PyTorch reference everywhere else.
 """
 import contextlib
-import functools
+import importlib.util
 import os
 import threading
 
@@ -42,13 +42,8 @@ def interpreter_enabled():
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
-@functools.lru_cache(maxsize=None)
 def triton_available():
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("triton") is not None
 
 
 def resolve_backend(backend, tensor):

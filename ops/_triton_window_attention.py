@@ -25,6 +25,8 @@ Layouts: the output is stored token-major, ``(B, H, W, heads, d_v)``, and return
 The softmax runs in base 2 (``exp2`` with the scale folded into ``scale * log2(e)``) and the
 forward stores the base-2 log-sum-exp for the backward to recompute probabilities.
 """
+from typing import Tuple
+
 import torch
 import triton
 import triton.language as tl
@@ -485,31 +487,70 @@ def _backward(q, k, v, out, lse, dout, pb, need_dq=True, need_dkdv=True):
     return dq, dk, dv
 
 
-class _WindowAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, window_size, window_offset, padding, scale):
-        pb = _Problem(q, v, window_size, window_offset, padding, scale)
-        need_grad = any(ctx.needs_input_grad[:3])
-        out, lse = _forward(q, k, v, pb, store_lse=need_grad)
-        if need_grad:
-            ctx.save_for_backward(q, k, v, out, lse)
-            ctx.problem = pb
-        return out
+# The fused path is a pair of torch.library custom ops (forward, backward) tied together by
+# register_autograd: torch.compile / export see one opaque node each (no graph break, shapes from
+# the fake implementations), eager autograd works as with an autograd.Function, and fvcore sees
+# the forward by name (ops.flops counts it).
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dout):
-        q, k, v, out, lse = ctx.saved_tensors
-        need_dq, need_dk, need_dv = ctx.needs_input_grad[:3]
-        dq, dk, dv = _backward(q, k, v, out, lse, dout, ctx.problem, need_dq=need_dq,
-                               need_dkdv=need_dk or need_dv)
-        return (dq if need_dq else None, dk if need_dk else None, dv if need_dv else None,
-                None, None, None, None)
+@torch.library.custom_op("backbones::window_attention_fwd", mutates_args=())
+def _window_attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                             window_h: int, window_w: int, offset_y: int, offset_x: int,
+                             padding: str, scale: float, store_lse: bool
+                             ) -> Tuple[torch.Tensor, torch.Tensor]:
+    pb = _Problem(q, v, (window_h, window_w), (offset_y, offset_x), padding, scale)
+    return _forward(q, k, v, pb, store_lse)
+
+
+@_window_attention_fwd_op.register_fake
+def _(q, k, v, window_h, window_w, offset_y, offset_x, padding, scale, store_lse):
+    B, heads, H, W, _ = q.shape
+    out = q.new_empty(B, H, W, heads, v.shape[-1]).permute(0, 3, 1, 2, 4)
+    lse = q.new_empty((B * heads, H, W) if store_lse else (1,), dtype=torch.float32)
+    return out, lse
+
+
+@torch.library.custom_op("backbones::window_attention_bwd", mutates_args=())
+def _window_attention_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                             v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                             window_h: int, window_w: int, offset_y: int, offset_x: int,
+                             padding: str, scale: float, need_dq: bool, need_dkdv: bool
+                             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    pb = _Problem(q, v, (window_h, window_w), (offset_y, offset_x), padding, scale)
+    return _backward(q, k, v, out, lse, dout, pb, need_dq=need_dq, need_dkdv=need_dkdv)
+
+
+@_window_attention_bwd_op.register_fake
+def _(dout, q, k, v, out, lse, window_h, window_w, offset_y, offset_x, padding, scale, need_dq,
+      need_dkdv):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, *args, store_lse = inputs
+    if not store_lse:  # forward without grad: nothing to save
+        return
+    ctx.save_for_backward(q, k, v, *output)
+    ctx.args = args  # window_h, window_w, offset_y, offset_x, padding, scale
+
+
+def _backward_rule(ctx, dout, dlse):
+    q, k, v, out, lse = ctx.saved_tensors
+    need_dq, need_dk, need_dv = ctx.needs_input_grad[:3]
+    dq, dk, dv = _window_attention_bwd_op(dout, q, k, v, out, lse, *ctx.args, need_dq,
+                                          need_dk or need_dv)
+    return (dq if need_dq else None, dk if need_dk else None, dv if need_dv else None,
+            None, None, None, None, None, None, None)
+
+
+_window_attention_fwd_op.register_autograd(_backward_rule, setup_context=_setup_context)
 
 
 def window_attention_triton(q, k, v, window_size, window_offset, padding, scale):
     """Triton implementation of ``window_attention_reference``; arguments already validated by
     :func:`ops.window_attention_2d` (``window_size``/``window_offset`` are int pairs)."""
     _check_supported(q, v)
-    return _WindowAttention.apply(q, k, v, tuple(window_size), tuple(window_offset), padding,
-                                  float(scale))
+    # The log-sum-exp is only needed (and stored) when a gradient will be asked for.
+    store_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    out, _ = _window_attention_fwd_op(q, k, v, *window_size, *window_offset, padding,
+                                      float(scale), store_lse)
+    return out

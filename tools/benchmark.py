@@ -18,7 +18,6 @@ import csv
 import difflib
 import fnmatch
 import json
-import math
 import os
 import re
 import resource
@@ -128,16 +127,6 @@ def with_timm_twins(names):
 
 # ----------------------------------------------------------------------------- measuring
 
-def sdpa_flop_jit(inputs, outputs):
-    """MACs of ``aten::scaled_dot_product_attention``: ``q kᵀ`` and ``attn v``. Batch dims are
-    broadcast (and grouped-query heads take q's count); masks and dropout are element-wise."""
-    q, k, v = (t.type().sizes() for t in inputs[:3])
-    rank = max(len(q), len(k), len(v))
-    padded = [[1] * (rank - len(s)) + list(s[:-2]) for s in (q, k, v)]
-    batch = math.prod(max(dims) for dims in zip(*padded))
-    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
-
-
 def count_gmacs(model, input_size):
     """(GMACs at batch 1, sorted uncounted matmul-like ops)."""
     device = next(model.parameters()).device
@@ -148,7 +137,7 @@ def count_gmacs(model, input_size):
         warnings.simplefilter("ignore", FutureWarning)  # fvcore's use of torch.jit, deprecated
         from fvcore.nn import FlopCountAnalysis
         analysis = FlopCountAnalysis(model, x)
-        analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
+        analysis.set_op_handle(**ops.flops.fvcore_handles())
         analysis.unsupported_ops_warnings(False)
         analysis.uncalled_modules_warnings(False)
         total = analysis.total()
