@@ -5,11 +5,13 @@ Parametrised over ``backbones.list_zoo_models()``, never over ``timm.list_models
 Inputs are reduced (timm uses 128 for backward and 96 for features) so the largest variants run
 on two CPU cores; none is skipped.
 """
+import fnmatch
 import math
 
 import pytest
 import torch
 import timm
+import timm.optim
 from timm.models._features import FeatureGetterNet
 
 import backbones
@@ -196,7 +198,6 @@ def test_model_forward_intermediates(name):
 @pytest.mark.parametrize("name", MODELS)
 def test_group_matcher_and_no_weight_decay(name):
     model = _create(name)
-    import timm.optim
     optimizer = timm.optim.create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05,
                                                layer_decay=0.9)
     n_in_groups = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
@@ -205,4 +206,4 @@ def test_group_matcher_and_no_weight_decay(name):
     assert isinstance(model.no_weight_decay(), set)
     names = {n for n, _ in model.named_parameters()}
     for pattern in model.no_weight_decay():
-        assert any(__import__("fnmatch").fnmatch(n, pattern) for n in names), pattern
+        assert any(fnmatch.fnmatch(n, pattern) for n in names), pattern
