@@ -1,0 +1,587 @@
+"""Forward and forward+backward time of the attention ops at the zoo's layer shapes, per backend.
+
+    python tools/benchmark_ops.py                      # every pattern; CUDA, bf16, B=128
+    python tools/benchmark_ops.py --patterns 'cswin_t_*' --dtype bf16 fp16 fp32 --csv ops.csv
+    TRITON_INTERPRET=1 python tools/benchmark_ops.py --device cpu      # tiny, correctness only
+
+Every pattern (``PATTERNS``) is one op call of a real layer at 224x224 input. Per (pattern, dtype)
+the tool times ``ops.*`` on its Triton and reference backends and on the baselines that exist here:
+FlexAttention (CUDA, compiled, with a block mask of the same pattern) and NATTEN (if importable).
+The reference backend *is* ``F.scaled_dot_product_attention`` on gathered windows, so no separate
+SDPA row is printed.
+
+Columns: median ms of a forward (under ``torch.no_grad``) and of forward+backward
+(``torch.autograd.grad`` with a random dO); achieved GB/s on the op's compulsory traffic
+(forward: Q, K, V read, O written, fp32 LSE written; backward: Q, K, V, O, dO, LSE, delta read,
+dQ, dK, dV written; forward+backward: the sum), also as a fraction of the GPU's HBM bandwidth;
+and the max abs difference of output and gradients against the reference run in fp32 on the same
+input values (for fp32 inputs: the reference itself). Useful TFLOP/s are in the CSV.
+
+On the CPU the shapes are shrunk (``--tiny``, automatic there) because the Triton column runs in
+Triton's interpreter, 100-1000x slower than anything real: CPU timings are not performance numbers.
+"""
+import argparse
+import contextlib
+import csv
+import dataclasses
+import difflib
+import fnmatch
+import importlib.util
+import math
+import os
+import statistics
+import time
+import warnings
+
+import torch
+from tqdm import tqdm
+
+import ops
+from ops.window_attention import window_grid
+
+CPU_CAVEAT = ("CPU: timings are not performance numbers; the Triton column runs in the interpreter "
+              "(correctness only)")
+
+# Peak HBM bandwidth in TB/s, keyed by substrings that must all appear (case-insensitively) in
+# torch.cuda.get_device_name(); the first match wins. "NVIDIA H100 80GB HBM3" is the SXM5 part.
+PEAK_HBM_TBPS = [
+    (("H200",), 4.8),
+    (("H100", "PCIE"), 2.0),
+    (("H100", "HBM3"), 3.35),
+    (("H100", "SXM"), 3.35),
+    (("A100", "80GB"), 2.0),
+    (("A100", "40GB"), 1.55),
+]
+
+
+# ----------------------------------------------------------------------------- pattern table
+
+@dataclasses.dataclass(frozen=True)
+class Pattern:
+    """One attention call of one real layer (224x224 input).
+
+    ``args`` are the op's geometry. For ``op="window"``: ``window`` = ``(wh, ww)``, where ``"H"`` /
+    ``"W"`` stand for the grid's extent (CSWin stripes), or None for the whole grid.
+    """
+    name: str
+    op: str
+    grid: tuple
+    heads: int
+    head_dim: int
+    args: dict
+    layer: str
+
+
+PATTERNS = [
+    # name               op        grid      heads d   args                        layer
+    Pattern("cswin_t_s1_v", "window", (56, 56), 1, 32, dict(window=("H", 1)),
+            "CSWin-T stage 1, (H, sw) branch: C=64, 2 heads, 1 per branch"),
+    Pattern("cswin_t_s1_h", "window", (56, 56), 1, 32, dict(window=(1, "W")),
+            "CSWin-T stage 1, (sw, W) branch"),
+    Pattern("cswin_t_s2_v", "window", (28, 28), 2, 32, dict(window=("H", 2)),
+            "CSWin-T stage 2, (H, sw) branch: C=128, 4 heads, 2 per branch"),
+    Pattern("cswin_t_s2_h", "window", (28, 28), 2, 32, dict(window=(2, "W")),
+            "CSWin-T stage 2, (sw, W) branch"),
+    Pattern("cswin_t_s3_v", "window", (14, 14), 4, 32, dict(window=("H", 7)),
+            "CSWin-T stage 3, (H, sw) branch: C=256, 8 heads, 4 per branch"),
+    Pattern("cswin_t_s3_h", "window", (14, 14), 4, 32, dict(window=(7, "W")),
+            "CSWin-T stage 3, (sw, W) branch"),
+    Pattern("cswin_t_s4_full", "window", (7, 7), 16, 32, dict(window=None),
+            "CSWin-T stage 4, full attention: C=512, 16 heads"),
+    Pattern("swin_w7_56", "window", (56, 56), 3, 32, dict(window=(7, 7)),
+            "Swin-T stage 1 style 7x7 windows: C=96, 3 heads"),
+    Pattern("full_14", "window", (14, 14), 6, 64, dict(window=None),
+            "full attention over a 14x14 grid, DeiT-S heads: C=384, 6 heads"),
+    # Later families become rows here, with an op class below: "halo" (HaloNet), "routed"
+    # (BiFormer), "neighborhood" (NA), ...
+]
+
+
+def resolve_patterns(names):
+    """Rows of PATTERNS for names and fnmatch wildcards, in table order; unknown names exit."""
+    known = [p.name for p in PATTERNS]
+    if not names:
+        return list(PATTERNS)
+    wanted = set()
+    for name in names:
+        found = fnmatch.filter(known, name)
+        if not found:
+            close = difflib.get_close_matches(name, known, n=3)
+            raise SystemExit(f"benchmark_ops.py: error: unknown pattern {name!r}"
+                             + (f"; did you mean {', '.join(close)}?" if close else "")
+                             + f" (known patterns: {', '.join(known)})")
+        wanted.update(found)
+    return [p for p in PATTERNS if p.name in wanted]
+
+
+def tiny_grid_side(n):
+    """Grid side in --tiny mode: about a quarter, but at least 8 (or the whole side if smaller),
+    so that stripes, windows and CSWin's zero-padded windows keep their character."""
+    return max(math.ceil(n / 4), min(n, 8))
+
+
+# ----------------------------------------------------------------------------- ops
+
+class WindowAttention:
+    """``ops.window_attention_2d`` at one concrete shape, with q, k, v as strided views of one
+    ``(B, H, W, 3, heads, d)`` qkv projection output, as the models call it (CSWin's centred
+    window offset and zero padding)."""
+
+    def __init__(self, pattern, batch, heads, grid):
+        self.batch, self.heads, self.grid, self.d = batch, heads, tuple(grid), pattern.head_dim
+        window = pattern.args["window"]
+        if window is not None:
+            window = tuple(self.grid[i] if w in ("H", "W") else w for i, w in enumerate(window))
+        self.window = window  # None: the whole grid
+        self.extent = window or self.grid  # the window's (wh, ww) either way
+        self.offset = ops.centered_window_offset(self.grid, self.extent)
+        self.num_windows, self.padding = window_grid(self.grid, self.extent, self.offset)
+        self.scale = self.d ** -0.5
+        self.window_text = "full" if window is None else "x".join(map(str, window))
+
+    def label(self):
+        (H, W), pad = self.grid, " (padded)" if any(self.padding) else ""
+        return f"B{self.batch} h{self.heads} {H}x{W} d{self.d} win {self.window_text}{pad}"
+
+    def make_inputs(self, dtype, device, generator):
+        """One qkv projection output; :meth:`split` gives the q, k, v views."""
+        B, (H, W), h, d = self.batch, self.grid, self.heads, self.d
+        return torch.randn(B, H, W, 3, h, d, generator=generator, device=device).to(dtype)
+
+    def output_shape(self):
+        return (self.batch, self.heads, *self.grid, self.d)
+
+    @staticmethod
+    def split(qkv):
+        return qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)
+
+    def call(self, backend):
+        def run(q, k, v):
+            return ops.window_attention_2d(q, k, v, self.window, window_offset=self.offset,
+                                           padding="zeros", scale=self.scale, backend=backend)
+        return run
+
+    def tokens(self):
+        return self.batch * self.heads * self.grid[0] * self.grid[1]
+
+    def compulsory_bytes(self, itemsize):
+        """(forward, backward) bytes, every tensor read or written once (spec ops.md §5.3)."""
+        tokens = self.tokens()
+        fwd = tokens * (4 * self.d * itemsize + 4)      # Q, K, V, O; LSE fp32
+        bwd = tokens * (8 * self.d * itemsize + 2 * 4)  # Q, K, V, O, dO, dQ, dK, dV; LSE, delta
+        return fwd, bwd
+
+    def forward_flops(self):
+        shape = self.output_shape()
+        return 2 * ops.flops.window_attention_macs(shape, shape, self.extent, self.offset)
+
+    # -- baselines
+
+    def flex(self, device):
+        """FlexAttention over the raster-order token sequence with a same-window block mask:
+        (callable, None) or (None, reason)."""
+        if device.type != "cuda":
+            return None, ("FlexAttention skipped on the CPU: it has no backward there and eager "
+                          "mode materializes the scores (spec ops.md §5.4)")
+        if any(self.padding):
+            return None, (f"FlexAttention skipped for {self.label()}: zero-padded keys that take "
+                          "part in the softmax are not expressible as a mask")
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        (H, W), (wh, ww) = self.grid, self.extent  # no padding, hence no offset
+
+        def same_window(b, h, q_idx, kv_idx):
+            return (((q_idx // W) // wh == (kv_idx // W) // wh)
+                    & ((q_idx % W) // ww == (kv_idx % W) // ww))
+
+        block_mask = create_block_mask(same_window, None, None, H * W, H * W, device=device)
+        _raise_recompile_limits()
+        compiled = torch.compile(flex_attention, dynamic=False)
+        scale = self.scale
+
+        def run(q, k, v):
+            out = compiled(q.flatten(2, 3), k.flatten(2, 3), v.flatten(2, 3),
+                           block_mask=block_mask, scale=scale)
+            return out.unflatten(2, (H, W))
+        return run, None
+
+    def natten(self, device):
+        """NATTEN's na2d with stride = kernel size = window (non-overlapping windows): (callable,
+        None), (None, reason), or (None, None) when NATTEN is not installed."""
+        if importlib.util.find_spec("natten") is None:
+            return None, None
+        if device.type != "cuda":
+            return None, "NATTEN skipped on the CPU"
+        window = self.extent
+        if any(self.padding):
+            return None, (f"NATTEN skipped for {self.label()}: the grid is not divisible by the "
+                          "window")
+        try:
+            from natten import na2d
+        except ImportError as e:
+            return None, f"NATTEN skipped: no natten.na2d with stride (needs >= 0.20): {e}"
+        scale = self.scale
+
+        def run(q, k, v):  # NATTEN is heads-last: (B, H, W, heads, d)
+            q, k, v = (t.permute(0, 2, 3, 1, 4) for t in (q, k, v))
+            out = na2d(q, k, v, kernel_size=window, stride=window, scale=scale)
+            return out.permute(0, 3, 1, 2, 4)
+        return run, None
+
+
+OPS = {"window": WindowAttention}
+
+
+def _raise_recompile_limits():
+    """Every pattern and dtype is a new static-shape graph of the same compiled flex function;
+    dynamo's default limit (8) would silently fall back to eager after a few."""
+    import torch._dynamo.config as dynamo_config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), 256))
+
+
+# ----------------------------------------------------------------------------- measuring
+
+def peak_hbm_tbps(device_name):
+    name = device_name.upper()
+    for keys, tbps in PEAK_HBM_TBPS:
+        if all(k in name for k in keys):
+            return tbps
+    return None
+
+
+def triton_status(device):
+    """None when the Triton backend can run on ``device``, else why not."""
+    if importlib.util.find_spec("triton") is None:
+        return "Triton backend skipped: triton is not installed"
+    if device.type == "cpu":
+        if not ops.interpreter_enabled():
+            return ("Triton backend skipped: TRITON_INTERPRET is not set, and on the CPU Triton "
+                    "kernels run only in its interpreter (start Python with TRITON_INTERPRET=1); "
+                    "reference only")
+        from ops import _triton_window_attention as kernels
+        if not kernels._INTERPRETED:
+            return ("Triton backend skipped: its kernels were imported before TRITON_INTERPRET "
+                    "was set, so they cannot run on the CPU")
+    return None
+
+
+def time_ms(fn, device, warmup, iters):
+    """Median ms of ``iters`` calls after ``warmup`` untimed ones (CUDA events on the GPU)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        for _ in range(iters):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+    else:
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def forward_backward(case, run, qkv, dout):
+    """Output and (dq, dk, dv) of one forward+backward on the q, k, v views of ``qkv``."""
+    q, k, v = case.split(qkv)
+    out = run(q, k, v)
+    return out, torch.autograd.grad(out, (q, k, v), dout)
+
+
+def max_abs_diff(a, b):
+    return (a.float() - b.float()).abs().max().item()
+
+
+def _error(e):
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+
+
+def benchmark_case(case, impls, dtype, settings):
+    """One row per implementation of ``case`` (an op instance) in ``dtype``."""
+    device = settings["device"]
+    generator = torch.Generator(device=device).manual_seed(0)
+    qkv = case.make_inputs(dtype, device, generator).requires_grad_(True)
+    dout = torch.randn(case.output_shape(), generator=generator, device=device).to(dtype)
+    # The truth: the reference in fp32 on the same input values.
+    truth_out, truth_grads = forward_backward(case, case.call("reference"),
+                                              qkv.detach().float().requires_grad_(True),
+                                              dout.float())
+    fwd_bytes, bwd_bytes = case.compulsory_bytes(torch.finfo(dtype).bits // 8)
+    fwd_flops = case.forward_flops()
+    # On the GPU the first call of each mode compiles (Triton JIT, torch.compile): never timed.
+    warmup = settings["warmup"] + (device.type == "cuda")
+    for backend, run in impls:
+        row = dict(backend=backend, dtype=settings["dtype_names"][dtype], error=None)
+        try:
+            out, grads = forward_backward(case, run, qkv, dout)
+            if backend != "reference" or dtype != torch.float32:
+                row["max_diff_out"] = max_abs_diff(out, truth_out)
+                row["max_diff_grad"] = max(max_abs_diff(g, t) for g, t in zip(grads, truth_grads))
+            del out, grads
+
+            def fwd():
+                with torch.no_grad():
+                    run(*case.split(qkv))
+
+            def fwd_bwd():
+                forward_backward(case, run, qkv, dout)
+
+            row["fwd_ms"] = time_ms(fwd, device, warmup, settings["iters"])
+            row["fwd_bwd_ms"] = time_ms(fwd_bwd, device, warmup, settings["iters"])
+        except Exception as e:  # noqa: BLE001  (OOM, compile failures: an error row, not a crash)
+            row["error"] = _error(e)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        if row.get("fwd_ms"):
+            row["fwd_gbps"] = fwd_bytes / row["fwd_ms"] / 1e6
+            row["fwd_tflops"] = fwd_flops / row["fwd_ms"] / 1e9
+        if row.get("fwd_bwd_ms"):
+            row["fwd_bwd_gbps"] = (fwd_bytes + bwd_bytes) / row["fwd_bwd_ms"] / 1e6
+            row["fwd_bwd_tflops"] = 3.5 * fwd_flops / row["fwd_bwd_ms"] / 1e9  # bwd ~ 2.5x fwd
+        peak = settings["peak_tbps"]
+        for mode in ("fwd", "fwd_bwd"):
+            if peak and row.get(f"{mode}_gbps"):
+                row[f"{mode}_hbm_frac"] = row[f"{mode}_gbps"] / (peak * 1e3)
+        yield row
+
+
+def implementations(case, device, triton_note):
+    """[(backend label, callable(q, k, v))] and notes on the baselines left out."""
+    impls, notes = [], []
+    if triton_note is None:
+        impls.append(("triton", case.call("triton")))
+    impls.append(("reference", case.call("reference")))
+    for name, (run, note) in (("flex", case.flex(device)), ("natten", case.natten(device))):
+        if run is not None:
+            impls.append((name, run))
+        elif note:
+            notes.append(note)
+    return impls, notes
+
+
+# ----------------------------------------------------------------------------- reporting
+
+BACKEND_LABELS = {
+    "triton": "triton",
+    "reference": "reference (SDPA on gathered windows)",
+    "flex": "flex (compiled, block mask)",
+    "natten": "natten (na2d, stride = window)",
+}
+
+
+def describe_machine(settings):
+    device = settings["device"]
+    if device.type == "cuda":
+        peak = settings["peak_tbps"]
+        hardware = (f"{torch.cuda.get_device_name(device)} (HBM peak "
+                    f"{f'{peak:g} TB/s' if peak else '? (GPU not in PEAK_HBM_TBPS)'})")
+        tf32 = ("TF32" if torch.backends.cuda.matmul.allow_tf32 else "IEEE") + " fp32 matmuls"
+    else:
+        hardware = "unknown CPU"
+        with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+            hardware = next((ln.split(":", 1)[1].strip() for ln in f
+                             if ln.startswith("model name")), hardware)
+        hardware += f" ({os.cpu_count()} CPUs, {torch.get_num_threads()} threads)"
+        tf32 = "Triton interpreter" if ops.interpreter_enabled() else "no Triton interpreter"
+    import triton
+    shapes = "tiny shapes (--tiny)" if settings["tiny"] else "224x224 layer shapes"
+    return (f"{hardware} | torch {torch.__version__} | triton {triton.__version__} | {tf32} | "
+            f"{shapes} | warmup {settings['warmup']}, median of {settings['iters']}")
+
+
+def _fmt(value, spec):
+    return "–" if value is None else format(value, spec)
+
+
+def markdown_table(rows, settings):
+    on_cuda = settings["device"].type == "cuda"
+    ms = "ms" if on_cuda else "ms (CPU)"
+    header = ["pattern", "shape", "backend", "dtype", f"fwd {ms}", "fwd GB/s"]
+    header += ["fwd % HBM"] if on_cuda else []
+    header += [f"fwd+bwd {ms}", "fwd+bwd GB/s"]
+    header += ["fwd+bwd % HBM"] if on_cuda else []
+    header += ["max abs diff out", "max abs diff grads"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    time_spec, rate_spec = (".3f", ".1f") if on_cuda else (".4g", ".3g")
+    for r in rows:
+        cells = [r["pattern"], r["shape"], BACKEND_LABELS[r["backend"]], r["dtype"]]
+        if r["error"]:
+            cells += ["error"] + ["–"] * (len(header) - 5)
+        else:
+            pct = (lambda v: "?" if v is None else f"{100 * v:.0f}%")
+            cells += [_fmt(r.get("fwd_ms"), time_spec), _fmt(r.get("fwd_gbps"), rate_spec)]
+            cells += [pct(r.get("fwd_hbm_frac"))] if on_cuda else []
+            cells += [_fmt(r.get("fwd_bwd_ms"), time_spec), _fmt(r.get("fwd_bwd_gbps"), rate_spec)]
+            cells += [pct(r.get("fwd_bwd_hbm_frac"))] if on_cuda else []
+            cells += [_fmt(r.get("max_diff_out"), ".1e"), _fmt(r.get("max_diff_grad"), ".1e")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def method_notes(settings):
+    notes = [
+        "fwd: one forward under torch.no_grad; fwd+bwd: forward plus torch.autograd.grad of "
+        "q, k, v (views of one qkv tensor, as in the models) with a random dO.",
+        "GB/s: compulsory bytes / median time. fwd: Q, K, V, O once + fp32 LSE; fwd+bwd adds "
+        "Q, K, V, O, dO, LSE, delta read and dQ, dK, dV written (spec ops.md §5.3).",
+        "max abs diff: against the reference backend run in fp32 on the same input values "
+        "(grads: max over dQ, dK, dV); '–' on the fp32 reference, which is that truth.",
+        "reference = F.scaled_dot_product_attention on zero-padded gathered windows, i.e. the "
+        "SDPA baseline; no separate SDPA row.",
+    ]
+    if settings["device"].type == "cuda":
+        notes.append("% HBM: of the peak in PEAK_HBM_TBPS for this GPU ('?' if unknown; "
+                     "--hbm-tbps sets it). CUDA-event timing, L2 not flushed between calls.")
+    return notes
+
+
+def csv_rows(rows):
+    return [{k: r.get(k) for k in CSV_FIELDS} for r in rows]
+
+
+CSV_FIELDS = ["pattern", "layer", "shape", "batch", "heads", "grid", "window", "head_dim",
+              "backend", "dtype", "device", "tiny", "fwd_ms", "fwd_bwd_ms", "fwd_gbps",
+              "fwd_bwd_gbps", "fwd_hbm_frac", "fwd_bwd_hbm_frac", "fwd_tflops", "fwd_bwd_tflops",
+              "max_diff_out", "max_diff_grad", "error"]
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+# ----------------------------------------------------------------------------- main
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--patterns", nargs="+", metavar="NAME",
+                   help="pattern names or fnmatch wildcards (default: all): "
+                        + ", ".join(pt.name for pt in PATTERNS))
+    p.add_argument("--device", choices=("cpu", "cuda"),
+                   default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", nargs="+", choices=tuple(DTYPES),
+                   help="default bf16 on CUDA, fp32 on the CPU (the only one allowed there)")
+    p.add_argument("--batch-size", type=int, help="default 128 on CUDA, 1 on the CPU")
+    p.add_argument("--tiny", action=argparse.BooleanOptionalAction, default=None,
+                   help="shrink grids (about /4, at least 8), 1 head, batch 1 unless "
+                        "--batch-size: for the Triton interpreter; default on for the CPU")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed calls per case and mode (default 2; on CUDA one more, the "
+                        "compiling call, is always added)")
+    p.add_argument("--iters", type=int, help="timed calls, median reported (default 10 on "
+                                             "CUDA, 3 on the CPU)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch.set_num_threads on the CPU (default 1: the tiny shapes gain nothing "
+                        "from more, and a thread barrier on a contended host costs milliseconds)")
+    p.add_argument("--hbm-tbps", type=float, help="peak HBM bandwidth of this GPU in TB/s "
+                                                  "(default: looked up by GPU name)")
+    p.add_argument("--markdown", metavar="PATH", help="write the printed report")
+    p.add_argument("--csv", metavar="PATH", help="write one row per (pattern, dtype, backend)")
+    return p.parse_args(argv)
+
+
+def make_settings(args):
+    device = torch.device(args.device)
+    on_cuda = device.type == "cuda"
+    if on_cuda and not torch.cuda.is_available():
+        raise SystemExit("benchmark_ops.py: error: --device cuda but torch sees no CUDA device")
+    dtype_names = args.dtype or (["bf16"] if on_cuda else ["fp32"])
+    if not on_cuda and dtype_names != ["fp32"]:
+        raise SystemExit("benchmark_ops.py: error: the CPU runs fp32 only (--dtype fp32)")
+    iters = args.iters if args.iters is not None else (10 if on_cuda else 3)
+    if iters < 1 or args.warmup < 0 or (args.batch_size is not None and args.batch_size < 1):
+        raise SystemExit("benchmark_ops.py: error: --iters and --batch-size must be >= 1, "
+                         "--warmup >= 0")
+    tiny = (not on_cuda) if args.tiny is None else args.tiny
+    batch = args.batch_size or (1 if tiny or not on_cuda else 128)
+    peak = args.hbm_tbps or (peak_hbm_tbps(torch.cuda.get_device_name(device)) if on_cuda else None)
+    return dict(device=device, dtypes=[DTYPES[n] for n in dtype_names],
+                dtype_names={DTYPES[n]: n for n in dtype_names}, iters=iters, warmup=args.warmup,
+                tiny=tiny, batch=batch, peak_tbps=peak)
+
+
+def concrete_case(pattern, settings):
+    """The op instance of a pattern at this run's shape (full or --tiny)."""
+    grid, heads = pattern.grid, pattern.heads
+    if settings["tiny"]:
+        grid, heads = tuple(tiny_grid_side(n) for n in grid), 1
+    return OPS[pattern.op](pattern, settings["batch"], heads, grid)
+
+
+def run_patterns(patterns, settings):
+    """(rows, notes): every pattern x dtype x implementation."""
+    device = settings["device"]
+    triton_note = triton_status(device)
+    notes = [triton_note] if triton_note else []
+    if device.type == "cuda" and ops.interpreter_enabled():
+        notes.append("TRITON_INTERPRET is set: the Triton column ran in the interpreter, its "
+                     "timings mean nothing")
+    cases = [(p, concrete_case(p, settings)) for p in patterns]
+    rows = []
+    with tqdm(total=len(cases) * len(settings["dtypes"]), desc="benchmark_ops",
+              unit="case") as bar:
+        for pattern, case in cases:
+            impls, impl_notes = implementations(case, device, triton_note)
+            notes += [n for n in impl_notes if n not in notes]
+            described = dict(pattern=pattern.name, layer=pattern.layer, shape=case.label(),
+                             batch=case.batch, heads=case.heads, head_dim=case.d,
+                             grid="x".join(map(str, case.grid)), window=case.window_text,
+                             device=str(device), tiny=settings["tiny"])
+            for dtype in settings["dtypes"]:
+                bar.set_postfix_str(f"{pattern.name} {settings['dtype_names'][dtype]}")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # flex / interpreter chatter
+                    for row in benchmark_case(case, impls, dtype, settings):
+                        rows.append(dict(row, **described))
+                        if row["error"]:
+                            notes.append(f"{pattern.name} {row['dtype']} {row['backend']}: "
+                                         f"{row['error']}")
+                bar.update(1)
+    return rows, notes
+
+
+def report(rows, notes, patterns, settings):
+    header = [describe_machine(settings)]
+    if settings["device"].type == "cpu":
+        header.append(f"**{CPU_CAVEAT}**")
+    shrunk = ", shrunk by --tiny" if settings["tiny"] else ""
+    return "\n".join(header + ["", markdown_table(rows, settings), ""]
+                     + [f"- {n}" for n in method_notes(settings) + notes]
+                     + ["", f"Patterns (224x224 layer shapes{shrunk}):"]
+                     + [f"- {p.name}: {p.layer}" for p in patterns])
+
+
+def main(argv=None):
+    """Run the benchmark; returns one dict per (pattern, dtype, backend), the rows of ``--csv``."""
+    args = parse_args(argv)
+    patterns = resolve_patterns(args.patterns)
+    settings = make_settings(args)
+    threads = torch.get_num_threads()
+    if settings["device"].type == "cpu":
+        torch.set_num_threads(args.threads)
+    try:
+        rows, notes = run_patterns(patterns, settings)
+        text = report(rows, notes, patterns, settings)
+    finally:
+        torch.set_num_threads(threads)
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text + "\n")
+    out = csv_rows(rows)
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+            writer.writeheader()
+            writer.writerows(out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
