@@ -44,9 +44,16 @@ def _window_attention_jit(inputs, outputs):
     return window_attention_macs(q, v, (window_h, window_w), (offset_y, offset_x))
 
 
+def _routed_attention_jit(inputs, outputs):
+    from .routed_attention import routed_attention_macs
+    q, v, index = (_sizes(inputs[i]) for i in (0, 2, 3))
+    return routed_attention_macs(q, v, index[-1], (inputs[4].toIValue(), inputs[5].toIValue()))
+
+
 def fvcore_handles():
     """``{op name: fvcore handle}`` for every attention op the zoo's models can run."""
     return {
         "aten::scaled_dot_product_attention": _sdpa_jit,
         "backbones::window_attention_fwd": _window_attention_jit,
+        "backbones::routed_attention_fwd": _routed_attention_jit,
     }
