@@ -50,10 +50,18 @@ def _routed_attention_jit(inputs, outputs):
     return routed_attention_macs(q, v, index[-1], (inputs[4].toIValue(), inputs[5].toIValue()))
 
 
+def _halo_attention_jit(inputs, outputs):
+    from .halo_attention import halo_attention_macs
+    q, v = _sizes(inputs[0]), _sizes(inputs[2])
+    block_size, halo_size = (i.toIValue() for i in inputs[5:7])
+    return halo_attention_macs(q, v, block_size, halo_size)
+
+
 def fvcore_handles():
     """``{op name: fvcore handle}`` for every attention op the zoo's models can run."""
     return {
         "aten::scaled_dot_product_attention": _sdpa_jit,
         "backbones::window_attention_fwd": _window_attention_jit,
         "backbones::routed_attention_fwd": _routed_attention_jit,
+        "backbones::halo_attention_fwd": _halo_attention_jit,
     }
