@@ -81,12 +81,14 @@ def test_reference_only_without_interpreter(tool, monkeypatch, capsys):
 def test_unknown_pattern_and_bad_settings(tool):
     with pytest.raises(SystemExit, match=r"unknown pattern 'cswin_t_s9_v'.*did you mean"):
         tool.main(TINY + ["--patterns", "cswin_t_s9_v"])
-    with pytest.raises(SystemExit, match=r"unknown pattern 'halo_\*'.*known patterns"):
-        tool.main(TINY + ["--patterns", "halo_*"])
+    with pytest.raises(SystemExit, match=r"unknown pattern 'na_\*'.*known patterns"):
+        tool.main(TINY + ["--patterns", "na_*"])
     with pytest.raises(SystemExit, match="fp32 only"):
         tool.main(TINY + ["--dtype", "bf16"])
     assert [p.name for p in tool.resolve_patterns(["cswin_t_s1_*", "full_14"])] == [
         "cswin_t_s1_v", "cswin_t_s1_h", "full_14"]
+    assert [p.name for p in tool.resolve_patterns(["halonet_h1_*"])] == [
+        "halonet_h1_s1", "halonet_h1_s1_norel", "halonet_h1_s2_down"]
 
 
 def test_pattern_table_and_bandwidth_lookup(tool):
@@ -102,3 +104,67 @@ def test_pattern_table_and_bandwidth_lookup(tool):
     assert tool.peak_hbm_tbps("NVIDIA A100-SXM4-80GB") == 2.0
     assert tool.peak_hbm_tbps("NVIDIA A100-SXM4-40GB") == 1.55
     assert tool.peak_hbm_tbps("Tesla V100-SXM2-16GB") is None
+
+
+ROUTED_HALO = ["biformer_s_s1", "halonet_h1_s2_down"]  # top-1 routing; strided halo with rel-pos
+
+
+def test_routed_and_halo_rows(tool, capsys):
+    rows = tool.main(TINY + ["--patterns", *ROUTED_HALO])
+    assert [(r["pattern"], r["backend"]) for r in rows] == [
+        (p, b) for p in ROUTED_HALO for b in ("triton", "reference")]
+    for r in rows:
+        assert r["error"] is None, r
+        assert r["batch"] == 1 and r["heads"] == 1 and r["tiny"] is True
+        assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["fwd_gbps"] > 0
+        if r["backend"] == "triton":
+            assert r["max_diff_out"] < 1e-4 and r["max_diff_grad"] < 1e-4, r
+        else:
+            assert r["max_diff_out"] is None and r["max_diff_grad"] is None
+    by_pattern = {r["pattern"]: r for r in rows}
+    # --tiny keeps region / block / halo / top-k and shrinks the region / block grid.
+    assert by_pattern["biformer_s_s1"]["shape"] == "B1 h1 16x16 d32 2x2 regions of 8x8, top-1"
+    assert by_pattern["halonet_h1_s2_down"]["shape"] == (
+        "B1 h1 16x16 q 8x8 d16 win 14 b8 h3 s2 rel-pos")
+    text = capsys.readouterr().out
+    assert "| reference (SDPA on gathered regions) |" in text
+    assert "| reference (matmul + softmax on unfolded windows) |" in text
+    assert "FlexAttention skipped for halo patterns" in text
+    assert "FlexAttention skipped on the CPU" in text
+
+
+def test_routed_and_halo_geometry(tool):
+    patterns = {p.name: p for p in tool.PATTERNS}
+    for p in tool.PATTERNS:  # every pattern builds at full and at --tiny size
+        cls = tool.OPS[p.op]
+        for grid in (p.grid, cls.tiny_grid(p)):
+            case = cls(p, 2, p.heads, grid)
+            assert case.label() and case.forward_flops() > 0
+    s1 = tool.RoutedAttention(patterns["biformer_s_s1"], 128, 2, (56, 56))
+    s3 = tool.RoutedAttention(patterns["biformer_s_s3"], 128, 8, (14, 14))
+    assert (s1.region_grid, s1.topk, s3.region_grid, s3.topk) == ((7, 7), 1, (7, 7), 16)
+    assert s1.scale == 64 ** -0.5 and s3.scale == 256 ** -0.5  # BiFormer: qk_dim ** -0.5
+    for case in (s1, s3):
+        idx = case.region_index_cpu
+        assert idx.shape == (128, 49, case.topk) and idx.dtype == torch.int64
+        assert 0 <= idx.min() and idx.max() < 49
+        assert (idx.sort(-1).values.diff(dim=-1) > 0).all()  # distinct regions per row
+    again = tool.RoutedAttention(patterns["biformer_s_s3"], 128, 8, (14, 14))
+    assert torch.equal(again.region_index_cpu, s3.region_index_cpu)  # seeded
+    # spec ops.md §5.3, bf16, B=128: 209 / 52 MB, 6.6 / 1.6 GFLOP
+    assert s1.compulsory_bytes(2)[0] / 1e6 == pytest.approx(209, rel=0.01)
+    assert s3.compulsory_bytes(2)[0] / 1e6 == pytest.approx(52, rel=0.01)
+    assert s1.forward_flops() / 1e9 == pytest.approx(6.6, rel=0.01)
+    assert s3.forward_flops() / 1e9 == pytest.approx(1.64, rel=0.01)
+
+    halo = tool.HaloAttention(patterns["halonet_h1_s1"], 128, 8, (56, 56))
+    assert halo.forward_flops() / 1e9 == pytest.approx(20.1, rel=0.01)
+    fwd, bwd = halo.compulsory_bytes(2)
+    # Q, K, V, O at C=64 (205.5 MB) + fp32 LSE of 8 heads (12.8 MB) + rel tables (0.4 KB)
+    assert fwd / 1e6 == pytest.approx(218.3, rel=0.01) and bwd > 1.9 * fwd
+    norel = tool.HaloAttention(patterns["halonet_h1_s1_norel"], 128, 8, (56, 56))
+    assert fwd - norel.compulsory_bytes(2)[0] == 2 * 27 * 8 * 2
+    down = tool.HaloAttention(patterns["halonet_h1_s2_down"], 128, 8, (56, 56))
+    assert down.q_grid == (28, 28) and down.output_shape() == (128, 8, 28, 28, 16)
+    nq, nk = 128 * 8 * 28 * 28, 128 * 8 * 56 * 56
+    assert down.compulsory_bytes(2)[0] == (2 * nq * 16 + 2 * nk * 16) * 2 + 4 * nq + 2 * 27 * 16 * 2

@@ -4,16 +4,19 @@
     python tools/benchmark_ops.py --patterns 'cswin_t_*' --dtype bf16 fp16 fp32 --csv ops.csv
     TRITON_INTERPRET=1 python tools/benchmark_ops.py --device cpu      # tiny, correctness only
 
-Every pattern (``PATTERNS``) is one op call of a real layer at 224x224 input. Per (pattern, dtype)
-the tool times ``ops.*`` on its Triton and reference backends and on the baselines that exist here:
-FlexAttention (CUDA, compiled, with a block mask of the same pattern) and NATTEN (if importable).
-The reference backend *is* ``F.scaled_dot_product_attention`` on gathered windows, so no separate
-SDPA row is printed.
+Every pattern (``PATTERNS``) is one op call of a real layer at 224x224 input: window attention
+(CSWin, Swin, full), BiFormer's routed attention (``ops.routed_attention_2d``, with a fixed seeded
+routing) and HaloNet's halo attention (``ops.halo_attention_2d``). Per (pattern, dtype) the tool
+times ``ops.*`` on its Triton and reference backends and on the baselines that exist here:
+FlexAttention (CUDA, compiled, with a block mask of the same pattern; window and routed only) and
+NATTEN (if importable; window only). The reference backend *is* ``F.scaled_dot_product_attention``
+on gathered windows / regions, so no separate SDPA row is printed.
 
 Columns: median ms of a forward (under ``torch.no_grad``) and of forward+backward
 (``torch.autograd.grad`` with a random dO); achieved GB/s on the op's compulsory traffic
 (forward: Q, K, V read, O written, fp32 LSE written; backward: Q, K, V, O, dO, LSE, delta read,
-dQ, dK, dV written; forward+backward: the sum), also as a fraction of the GPU's HBM bandwidth;
+dQ, dK, dV written; forward+backward: the sum; for halo, Q and O on the strided query grid and
+K, V on the full one), also as a fraction of the GPU's HBM bandwidth;
 and the max abs difference of output and gradients against the reference run in fp32 on the same
 input values (for fp32 inputs: the reference itself). Useful TFLOP/s are in the CSV.
 
@@ -26,6 +29,7 @@ import csv
 import dataclasses
 import difflib
 import fnmatch
+import importlib
 import importlib.util
 import math
 import os
@@ -60,8 +64,16 @@ PEAK_HBM_TBPS = [
 class Pattern:
     """One attention call of one real layer (224x224 input).
 
-    ``args`` are the op's geometry. For ``op="window"``: ``window`` = ``(wh, ww)``, where ``"H"`` /
-    ``"W"`` stand for the grid's extent (CSWin stripes), or None for the whole grid.
+    ``args`` are the op's geometry:
+
+    * ``op="window"``: ``window`` = ``(wh, ww)``, where ``"H"`` / ``"W"`` stand for the grid's
+      extent (CSWin stripes), or None for the whole grid.
+    * ``op="routed"`` (BiFormer): ``region`` = ``(rh, rw)`` tokens per region, ``topk`` routed
+      regions per query region, ``qk_dim`` = the layer's full q/k width (BiFormer's scale is
+      ``qk_dim ** -0.5``, not the head dim's).
+    * ``op="halo"`` (HaloNet): ``block``, ``halo``, ``stride`` (timm's ``block_size``,
+      ``halo_size``, ``block_stride``) and ``rel_pos`` (timm's shared height/width tables or none).
+      ``grid`` is the key/value grid; queries live on it sub-sampled by ``stride``.
     """
     name: str
     op: str
@@ -92,8 +104,23 @@ PATTERNS = [
             "Swin-T stage 1 style 7x7 windows: C=96, 3 heads"),
     Pattern("full_14", "window", (14, 14), 6, 64, dict(window=None),
             "full attention over a 14x14 grid, DeiT-S heads: C=384, 6 heads"),
-    # Later families become rows here, with an op class below: "halo" (HaloNet), "routed"
-    # (BiFormer), "neighborhood" (NA), ...
+    # BiFormer-S at 224 (biformer.md): n_win=7 regions per side, head_dim 32, qk_dim = C.
+    Pattern("biformer_s_s1", "routed", (56, 56), 2, 32, dict(region=(8, 8), topk=1, qk_dim=64),
+            "BiFormer-S stage 1 BRA: C=64, 2 heads, 7x7 regions of 8x8 tokens, top-1"),
+    Pattern("biformer_s_s3", "routed", (14, 14), 8, 32, dict(region=(2, 2), topk=16, qk_dim=256),
+            "BiFormer-S stage 3 BRA: C=256, 8 heads, 7x7 regions of 2x2 tokens, top-16"),
+    # HaloNet-H1 (timm halonet_h1 = paper H1, halonet.md): b8 h3, 8 heads, d = mid / 8.
+    Pattern("halonet_h1_s1", "halo", (56, 56), 8, 8,
+            dict(block=8, halo=3, stride=1, rel_pos=True),
+            "HaloNet-H1 stage 1: C=64, 8 heads, block 8, halo 3 (win 14), rel-pos tables"),
+    Pattern("halonet_h1_s1_norel", "halo", (56, 56), 8, 8,
+            dict(block=8, halo=3, stride=1, rel_pos=False),
+            "HaloNet-H1 stage 1 geometry without the rel-pos logits (attention core only)"),
+    Pattern("halonet_h1_s2_down", "halo", (56, 56), 8, 16,
+            dict(block=8, halo=3, stride=2, rel_pos=True),
+            "HaloNet-H1 stage 2 first block, strided queries: C=128, 8 heads, k/v 56x56, "
+            "q 28x28 (4x4 query blocks), block 8, halo 3, rel-pos tables"),
+    # Later families become rows here, with an op class below: "neighborhood" (NA), ...
 ]
 
 
@@ -120,12 +147,34 @@ def tiny_grid_side(n):
     return max(math.ceil(n / 4), min(n, 8))
 
 
+def tiny_tile_count(n, at_least=1):
+    """Regions / blocks per side in --tiny mode: about a quarter of ``n``, at least ``at_least``
+    (never more than ``n``); the tile size itself is kept, so grids stay divisible by it."""
+    return min(n, max(math.ceil(n / 4), at_least))
+
+
 # ----------------------------------------------------------------------------- ops
+
+FLEX_CPU_NOTE = ("FlexAttention skipped on the CPU: it has no backward there and eager mode "
+                 "materializes the scores (spec ops.md §5.4)")
+
 
 class WindowAttention:
     """``ops.window_attention_2d`` at one concrete shape, with q, k, v as strided views of one
     ``(B, H, W, 3, heads, d)`` qkv projection output, as the models call it (CSWin's centred
-    window offset and zero padding)."""
+    window offset and zero padding).
+
+    The interface every op class has: ``make_inputs`` gives the leaf tensors (the projection
+    outputs, plus any learned tables), ``split`` the tensors an implementation takes and that the
+    gradients are taken of, ``call(backend)`` / ``flex`` / ``natten`` the implementations,
+    ``compulsory_bytes`` and ``forward_flops`` the rates' numerators."""
+
+    KERNELS = "ops._triton_window_attention"
+    REFERENCE = "reference (SDPA on gathered windows)"
+
+    @staticmethod
+    def tiny_grid(pattern):
+        return tuple(tiny_grid_side(n) for n in pattern.grid)
 
     def __init__(self, pattern, batch, heads, grid):
         self.batch, self.heads, self.grid, self.d = batch, heads, tuple(grid), pattern.head_dim
@@ -146,13 +195,14 @@ class WindowAttention:
     def make_inputs(self, dtype, device, generator):
         """One qkv projection output; :meth:`split` gives the q, k, v views."""
         B, (H, W), h, d = self.batch, self.grid, self.heads, self.d
-        return torch.randn(B, H, W, 3, h, d, generator=generator, device=device).to(dtype)
+        return (torch.randn(B, H, W, 3, h, d, generator=generator, device=device).to(dtype),)
 
     def output_shape(self):
         return (self.batch, self.heads, *self.grid, self.d)
 
     @staticmethod
-    def split(qkv):
+    def split(leaves):
+        (qkv,) = leaves
         return qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)
 
     def call(self, backend):
@@ -181,8 +231,7 @@ class WindowAttention:
         """FlexAttention over the raster-order token sequence with a same-window block mask:
         (callable, None) or (None, reason)."""
         if device.type != "cuda":
-            return None, ("FlexAttention skipped on the CPU: it has no backward there and eager "
-                          "mode materializes the scores (spec ops.md §5.4)")
+            return None, FLEX_CPU_NOTE
         if any(self.padding):
             return None, (f"FlexAttention skipped for {self.label()}: zero-padded keys that take "
                           "part in the softmax are not expressible as a mask")
@@ -228,7 +277,215 @@ class WindowAttention:
         return run, None
 
 
-OPS = {"window": WindowAttention}
+def _natten_absent_or(note):
+    """(None, None) when NATTEN is not installed (nothing to say), else (None, note)."""
+    return None, (None if importlib.util.find_spec("natten") is None else note)
+
+
+class RoutedAttention:
+    """``ops.routed_attention_2d`` (BiFormer's bi-level routing attention after the router) at one
+    concrete shape: q, k, v are strided views of one ``(B, H, W, 3, heads, d)`` qkv projection
+    output (BiFormer's NHWC ``qkv`` Linear, rows q | k | v, head-major channels), and
+    ``region_index`` is a fixed random routing (seeded; ``topk`` distinct regions per query
+    region, as ``torch.topk`` over BiFormer's region logits gives), shared by all heads."""
+
+    KERNELS = "ops._triton_routed_attention"
+    REFERENCE = "reference (SDPA on gathered regions)"
+    NOTES = ["routed: region_index is a fixed seeded random routing with distinct regions per "
+             "query region (the op's cost does not depend on which regions are routed); scale = "
+             "qk_dim ** -0.5 over the layer's full q/k width, as BiFormer uses."]
+
+    @staticmethod
+    def tiny_grid(pattern):
+        """Keep the region size and top-k; shrink the region grid, keeping more regions than
+        top-k (a real choice among regions)."""
+        (rh, rw), topk = pattern.args["region"], pattern.args["topk"]
+        side = math.isqrt(topk) + 1  # side * side > topk
+        return (rh * tiny_tile_count(pattern.grid[0] // rh, side),
+                rw * tiny_tile_count(pattern.grid[1] // rw, side))
+
+    def __init__(self, pattern, batch, heads, grid):
+        self.batch, self.heads, self.grid, self.d = batch, heads, tuple(grid), pattern.head_dim
+        self.region, self.topk = tuple(pattern.args["region"]), pattern.args["topk"]
+        (H, W), (rh, rw) = self.grid, self.region
+        if H % rh or W % rw:
+            raise ValueError(f"{pattern.name}: grid {H}x{W} is not divisible into {rh}x{rw} regions")
+        self.region_grid = (H // rh, W // rw)
+        self.num_regions = self.region_grid[0] * self.region_grid[1]
+        if not 1 <= self.topk <= self.num_regions:
+            raise ValueError(f"{pattern.name}: top-{self.topk} of {self.num_regions} regions")
+        self.scale = pattern.args["qk_dim"] ** -0.5
+        generator = torch.Generator().manual_seed(0)
+        scores = torch.rand(batch, self.num_regions, self.num_regions, generator=generator)
+        self.region_index_cpu = scores.argsort(-1)[..., :self.topk].contiguous()  # int64, distinct
+        self.region_index = self.region_index_cpu
+        self.window_text = f"{rh}x{rw} regions top-{self.topk}"
+
+    def label(self):
+        (H, W), (ny, nx) = self.grid, self.region_grid
+        return (f"B{self.batch} h{self.heads} {H}x{W} d{self.d} {ny}x{nx} regions of "
+                f"{self.region[0]}x{self.region[1]}, top-{self.topk}")
+
+    def make_inputs(self, dtype, device, generator):
+        """One qkv projection output (:meth:`split` gives q, k, v); also puts the routing on
+        ``device``."""
+        self.region_index = self.region_index_cpu.to(device)
+        B, (H, W), h, d = self.batch, self.grid, self.heads, self.d
+        return (torch.randn(B, H, W, 3, h, d, generator=generator, device=device).to(dtype),)
+
+    def output_shape(self):
+        return (self.batch, self.heads, *self.grid, self.d)
+
+    split = staticmethod(WindowAttention.split)
+
+    def call(self, backend):
+        def run(q, k, v):
+            return ops.routed_attention_2d(q, k, v, self.region_index, self.region,
+                                           scale=self.scale, backend=backend)
+        return run
+
+    def tokens(self):
+        return self.batch * self.heads * self.grid[0] * self.grid[1]
+
+    def compulsory_bytes(self, itemsize):
+        """(forward, backward) bytes: the window formula (Q, K, V, O + LSE); the routing index
+        (B * nR * topk int64) is negligible and not counted."""
+        return WindowAttention.compulsory_bytes(self, itemsize)
+
+    def forward_flops(self):
+        shape = self.output_shape()
+        return 2 * ops.routed_attention_macs(shape, shape, self.topk, self.region)
+
+    # -- baselines
+
+    def flex(self, device):
+        """FlexAttention over region-major token order (one permuting copy of q, k, v and O per
+        call, inside the timing) with a mask looked up in a dense (B, nR, nR) routing table."""
+        if device.type != "cuda":
+            return None, FLEX_CPU_NOTE
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        from ops.routed_attention import from_regions, to_regions
+        B, nR, T = self.batch, self.num_regions, self.region[0] * self.region[1]
+        table = torch.zeros(B, nR, nR, dtype=torch.bool, device=device)
+        table.scatter_(2, self.region_index_cpu.to(device), True)
+
+        def routed(b, h, q_idx, kv_idx):
+            return table[b, q_idx // T, kv_idx // T]
+
+        block_mask = create_block_mask(routed, B, None, nR * T, nR * T, device=device)
+        _raise_recompile_limits()
+        compiled = torch.compile(flex_attention, dynamic=False)
+        scale, grid, region = self.scale, self.grid, self.region
+
+        def run(q, k, v):
+            qr, kr, vr = (to_regions(t, region).flatten(2, 3) for t in (q, k, v))
+            out = compiled(qr, kr, vr, block_mask=block_mask, scale=scale)
+            return from_regions(out.unflatten(2, (nR, T)), grid, region)
+        return run, None
+
+    def natten(self, device):
+        return _natten_absent_or("NATTEN skipped for routed patterns: NATTEN has no "
+                                 "data-dependent (routed) key sets")
+
+
+class HaloAttention:
+    """``ops.halo_attention_2d`` (timm's ``HaloAttn`` minus projections) at one concrete shape, as
+    timm calls it: q a view of the (strided) ``(B, heads * d, H / s, W / s)`` q projection, k and
+    v views of the ``(B, heads * 2d, H, W)`` kv projection, interleaved per head
+    (``[k_h0, v_h0, k_h1, ...]``), and, with rel-pos, the shared ``(2 * win - 1, d)``
+    ``height_rel`` / ``width_rel`` tables (gradients flow to them too)."""
+
+    KERNELS = "ops._triton_halo_attention"
+    NOTES = ["halo: bytes = Q on the (strided) query grid + K, V on the full grid + O + LSE "
+             "(+ the two rel-pos tables, read once; their gradients written once in backward); "
+             "FLOPs count every window key, zero-padded ones included (they are computed); "
+             "grads include d(height_rel), d(width_rel) where rel-pos is on.",
+             "FlexAttention skipped for halo patterns: HaloNet's zero-padded border keys take "
+             "part in the softmax (timm does not mask them), which a mask cannot express."]
+
+    @staticmethod
+    def tiny_grid(pattern):
+        """Keep block, halo and stride; shrink the block grid (about /4, at least 2x2 blocks)."""
+        block = pattern.args["block"]
+        return tuple(block * tiny_tile_count(n // block, 2) for n in pattern.grid)
+
+    def __init__(self, pattern, batch, heads, grid):
+        self.batch, self.heads, self.grid, self.d = batch, heads, tuple(grid), pattern.head_dim
+        a = pattern.args
+        self.block, self.halo, self.stride = a["block"], a["halo"], a["stride"]
+        self.rel_pos = bool(a["rel_pos"])
+        self.win = self.block + 2 * self.halo
+        H, W = self.grid
+        if H % self.block or W % self.block or self.block % self.stride:
+            raise ValueError(f"{pattern.name}: grid {H}x{W} / block {self.block} / stride "
+                             f"{self.stride} do not divide")
+        self.q_grid = (H // self.stride, W // self.stride)
+        self.scale = self.d ** -0.5  # timm: dim_head_qk ** -0.5
+        self.window_text = (f"b{self.block} h{self.halo}"
+                            + (f" s{self.stride}" if self.stride > 1 else "")
+                            + (" rel-pos" if self.rel_pos else ""))
+        self.REFERENCE = ("reference (matmul + softmax on unfolded windows)" if self.rel_pos
+                          else "reference (SDPA on unfolded windows)")
+
+    def label(self):
+        (H, W), (Hq, Wq) = self.grid, self.q_grid
+        q = f" q {Hq}x{Wq}" if self.stride > 1 else ""
+        return f"B{self.batch} h{self.heads} {H}x{W}{q} d{self.d} win {self.win} {self.window_text}"
+
+    def make_inputs(self, dtype, device, generator):
+        """q and kv projection outputs (NCHW), plus the rel-pos tables (timm's init scale)."""
+        B, (H, W), (Hq, Wq), h, d = self.batch, self.grid, self.q_grid, self.heads, self.d
+        leaves = [torch.randn(B, h * d, Hq, Wq, generator=generator, device=device),
+                  torch.randn(B, h * 2 * d, H, W, generator=generator, device=device)]
+        if self.rel_pos:
+            leaves += [torch.randn(2 * self.win - 1, d, generator=generator, device=device)
+                       * self.scale for _ in range(2)]
+        return tuple(t.to(dtype) for t in leaves)
+
+    def output_shape(self):
+        return (self.batch, self.heads, *self.q_grid, self.d)
+
+    def split(self, leaves):
+        B, (H, W), (Hq, Wq), h, d = self.batch, self.grid, self.q_grid, self.heads, self.d
+        q = leaves[0].view(B, h, d, Hq, Wq).permute(0, 1, 3, 4, 2)
+        kv = leaves[1].view(B, h, 2 * d, H, W).permute(0, 1, 3, 4, 2)
+        return (q, kv[..., :d], kv[..., d:], *leaves[2:])
+
+    def call(self, backend):
+        def run(q, k, v, *rel_pos):
+            return ops.halo_attention_2d(q, k, v, self.block, self.halo, stride=self.stride,
+                                         rel_pos=rel_pos or None, scale=self.scale,
+                                         backend=backend)
+        return run
+
+    def compulsory_bytes(self, itemsize):
+        """(forward, backward) bytes, every tensor read or written once: Q (query grid), K, V
+        (full grid), O, fp32 LSE; backward reads Q, K, V, O, dO, LSE, delta and writes dQ, dK,
+        dV; the rel tables are read once (and their gradients written once)."""
+        B, h, d = self.batch, self.heads, self.d
+        nq = B * h * self.q_grid[0] * self.q_grid[1]
+        nk = B * h * self.grid[0] * self.grid[1]
+        rel = 2 * (2 * self.win - 1) * d * itemsize if self.rel_pos else 0
+        fwd = (nq * d + 2 * nk * d + nq * d) * itemsize + nq * 4 + rel
+        bwd = (2 * nq * d + 2 * nk * d + 2 * nq * d + 2 * nk * d) * itemsize + nq * 8 + 2 * rel
+        return fwd, bwd
+
+    def forward_flops(self):
+        return 2 * ops.halo_attention_macs(self.output_shape(), self.output_shape(),
+                                           self.block, self.halo)
+
+    # -- baselines
+
+    def flex(self, device):
+        return None, (FLEX_CPU_NOTE if device.type != "cuda" else None)  # reason in NOTES
+
+    def natten(self, device):
+        return _natten_absent_or("NATTEN skipped for halo patterns: NATTEN's windows shift "
+                                 "inwards at borders, HaloNet's are zero-padded")
+
+
+OPS = {"window": WindowAttention, "routed": RoutedAttention, "halo": HaloAttention}
 
 
 def _raise_recompile_limits():
@@ -250,8 +507,9 @@ def peak_hbm_tbps(device_name):
     return None
 
 
-def triton_status(device):
-    """None when the Triton backend can run on ``device``, else why not."""
+def triton_status(device, kernel_modules=None):
+    """None when the Triton backend can run on ``device``, else why not. ``kernel_modules``: the
+    ops' kernel modules (``KERNELS`` of the op classes) to check, default all."""
     if importlib.util.find_spec("triton") is None:
         return "Triton backend skipped: triton is not installed"
     if device.type == "cpu":
@@ -259,8 +517,8 @@ def triton_status(device):
             return ("Triton backend skipped: TRITON_INTERPRET is not set, and on the CPU Triton "
                     "kernels run only in its interpreter (start Python with TRITON_INTERPRET=1); "
                     "reference only")
-        from ops import _triton_window_attention as kernels
-        if not kernels._INTERPRETED:
+        modules = kernel_modules or sorted({cls.KERNELS for cls in OPS.values()})
+        if not all(importlib.import_module(m)._INTERPRETED for m in modules):
             return ("Triton backend skipped: its kernels were imported before TRITON_INTERPRET "
                     "was set, so they cannot run on the CPU")
     return None
@@ -288,11 +546,12 @@ def time_ms(fn, device, warmup, iters):
     return statistics.median(times)
 
 
-def forward_backward(case, run, qkv, dout):
-    """Output and (dq, dk, dv) of one forward+backward on the q, k, v views of ``qkv``."""
-    q, k, v = case.split(qkv)
-    out = run(q, k, v)
-    return out, torch.autograd.grad(out, (q, k, v), dout)
+def forward_backward(case, run, leaves, dout):
+    """Output and gradients (dq, dk, dv, and those of any learned tables) of one
+    forward+backward on the tensors ``case.split(leaves)`` (views of the projection outputs)."""
+    inputs = case.split(leaves)
+    out = run(*inputs)
+    return out, torch.autograd.grad(out, inputs, dout)
 
 
 def max_abs_diff(a, b):
@@ -308,12 +567,12 @@ def benchmark_case(case, impls, dtype, settings):
     """One row per implementation of ``case`` (an op instance) in ``dtype``."""
     device = settings["device"]
     generator = torch.Generator(device=device).manual_seed(0)
-    qkv = case.make_inputs(dtype, device, generator).requires_grad_(True)
+    leaves = tuple(t.requires_grad_(True) for t in case.make_inputs(dtype, device, generator))
     dout = torch.randn(case.output_shape(), generator=generator, device=device).to(dtype)
     # The truth: the reference in fp32 on the same input values.
-    truth_out, truth_grads = forward_backward(case, case.call("reference"),
-                                              qkv.detach().float().requires_grad_(True),
-                                              dout.float())
+    truth_out, truth_grads = forward_backward(
+        case, case.call("reference"),
+        tuple(t.detach().float().requires_grad_(True) for t in leaves), dout.float())
     fwd_bytes, bwd_bytes = case.compulsory_bytes(torch.finfo(dtype).bits // 8)
     fwd_flops = case.forward_flops()
     # On the GPU the first call of each mode compiles (Triton JIT, torch.compile): never timed.
@@ -321,7 +580,7 @@ def benchmark_case(case, impls, dtype, settings):
     for backend, run in impls:
         row = dict(backend=backend, dtype=settings["dtype_names"][dtype], error=None)
         try:
-            out, grads = forward_backward(case, run, qkv, dout)
+            out, grads = forward_backward(case, run, leaves, dout)
             if backend != "reference" or dtype != torch.float32:
                 row["max_diff_out"] = max_abs_diff(out, truth_out)
                 row["max_diff_grad"] = max(max_abs_diff(g, t) for g, t in zip(grads, truth_grads))
@@ -329,10 +588,10 @@ def benchmark_case(case, impls, dtype, settings):
 
             def fwd():
                 with torch.no_grad():
-                    run(*case.split(qkv))
+                    run(*case.split(leaves))
 
             def fwd_bwd():
-                forward_backward(case, run, qkv, dout)
+                forward_backward(case, run, leaves, dout)
 
             row["fwd_ms"] = time_ms(fwd, device, warmup, settings["iters"])
             row["fwd_bwd_ms"] = time_ms(fwd_bwd, device, warmup, settings["iters"])
@@ -412,7 +671,9 @@ def markdown_table(rows, settings):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     time_spec, rate_spec = (".3f", ".1f") if on_cuda else (".4g", ".3g")
     for r in rows:
-        cells = [r["pattern"], r["shape"], BACKEND_LABELS[r["backend"]], r["dtype"]]
+        label = (r.get("reference_label") if r["backend"] == "reference" else None) \
+            or BACKEND_LABELS[r["backend"]]
+        cells = [r["pattern"], r["shape"], label, r["dtype"]]
         if r["error"]:
             cells += ["error"] + ["–"] * (len(header) - 5)
         else:
@@ -426,17 +687,21 @@ def markdown_table(rows, settings):
     return "\n".join(lines)
 
 
-def method_notes(settings):
+def method_notes(settings, op_classes=(WindowAttention,)):
     notes = [
         "fwd: one forward under torch.no_grad; fwd+bwd: forward plus torch.autograd.grad of "
-        "q, k, v (views of one qkv tensor, as in the models) with a random dO.",
+        "q, k, v (views of the projection outputs, as the models call the op) with a random dO.",
         "GB/s: compulsory bytes / median time. fwd: Q, K, V, O once + fp32 LSE; fwd+bwd adds "
         "Q, K, V, O, dO, LSE, delta read and dQ, dK, dV written (spec ops.md §5.3).",
         "max abs diff: against the reference backend run in fp32 on the same input values "
-        "(grads: max over dQ, dK, dV); '–' on the fp32 reference, which is that truth.",
-        "reference = F.scaled_dot_product_attention on zero-padded gathered windows, i.e. the "
-        "SDPA baseline; no separate SDPA row.",
+        "(grads: max over dQ, dK, dV and any learned tables); '–' on the fp32 reference, which is "
+        "that truth.",
+        "reference = the op's PyTorch definition: F.scaled_dot_product_attention on the gathered "
+        "(zero-padded) windows / regions, i.e. the SDPA baseline, so no separate SDPA row "
+        "(HaloNet with rel-pos: matmul + bias + softmax, which SDPA cannot take fused).",
     ]
+    for cls in op_classes:
+        notes += getattr(cls, "NOTES", [])
     if settings["device"].type == "cuda":
         notes.append("% HBM: of the peak in PEAK_HBM_TBPS for this GPU ('?' if unknown; "
                      "--hbm-tbps sets it). CUDA-event timing, L2 not flushed between calls.")
@@ -469,7 +734,8 @@ def parse_args(argv=None):
                    help="default bf16 on CUDA, fp32 on the CPU (the only one allowed there)")
     p.add_argument("--batch-size", type=int, help="default 128 on CUDA, 1 on the CPU")
     p.add_argument("--tiny", action=argparse.BooleanOptionalAction, default=None,
-                   help="shrink grids (about /4, at least 8), 1 head, batch 1 unless "
+                   help="shrink grids (about /4, at least 8; routed / halo: the region / block "
+                        "grid, keeping region, block, halo, top-k), 1 head, batch 1 unless "
                         "--batch-size: for the Triton interpreter; default on for the CPU")
     p.add_argument("--warmup", type=int, default=2,
                    help="untimed calls per case and mode (default 2; on CUDA one more, the "
@@ -508,16 +774,16 @@ def make_settings(args):
 
 def concrete_case(pattern, settings):
     """The op instance of a pattern at this run's shape (full or --tiny)."""
-    grid, heads = pattern.grid, pattern.heads
+    grid, heads, cls = pattern.grid, pattern.heads, OPS[pattern.op]
     if settings["tiny"]:
-        grid, heads = tuple(tiny_grid_side(n) for n in grid), 1
-    return OPS[pattern.op](pattern, settings["batch"], heads, grid)
+        grid, heads = cls.tiny_grid(pattern), 1
+    return cls(pattern, settings["batch"], heads, grid)
 
 
 def run_patterns(patterns, settings):
     """(rows, notes): every pattern x dtype x implementation."""
     device = settings["device"]
-    triton_note = triton_status(device)
+    triton_note = triton_status(device, sorted({OPS[p.op].KERNELS for p in patterns}))
     notes = [triton_note] if triton_note else []
     if device.type == "cuda" and ops.interpreter_enabled():
         notes.append("TRITON_INTERPRET is set: the Triton column ran in the interpreter, its "
@@ -532,7 +798,8 @@ def run_patterns(patterns, settings):
             described = dict(pattern=pattern.name, layer=pattern.layer, shape=case.label(),
                              batch=case.batch, heads=case.heads, head_dim=case.d,
                              grid="x".join(map(str, case.grid)), window=case.window_text,
-                             device=str(device), tiny=settings["tiny"])
+                             device=str(device), tiny=settings["tiny"],
+                             reference_label=case.REFERENCE)
             for dtype in settings["dtypes"]:
                 bar.set_postfix_str(f"{pattern.name} {settings['dtype_names'][dtype]}")
                 with warnings.catch_warnings():
@@ -551,8 +818,9 @@ def report(rows, notes, patterns, settings):
     if settings["device"].type == "cpu":
         header.append(f"**{CPU_CAVEAT}**")
     shrunk = ", shrunk by --tiny" if settings["tiny"] else ""
+    op_classes = [cls for cls in OPS.values() if any(OPS[p.op] is cls for p in patterns)]
     return "\n".join(header + ["", markdown_table(rows, settings), ""]
-                     + [f"- {n}" for n in method_notes(settings) + notes]
+                     + [f"- {n}" for n in method_notes(settings, op_classes) + notes]
                      + ["", f"Patterns (224x224 layer shapes{shrunk}):"]
                      + [f"- {p.name}: {p.layer}" for p in patterns])
 
