@@ -9,6 +9,7 @@ override that for a whole process or block.
 from ._backend import BACKENDS, current_default_backend, interpreter_enabled, use_backend
 from . import flops
 from .halo_attention import halo_attention_2d, halo_attention_macs
+from .neighborhood_attention import neighborhood_attention_2d, neighborhood_attention_macs
 from .routed_attention import routed_attention_2d, routed_attention_macs
 from .window_attention import (
     centered_window_offset,
@@ -22,4 +23,5 @@ __all__ = [
     "centered_window_offset", "window_attention_2d", "window_depthwise_conv2d", "window_grid",
     "routed_attention_2d", "routed_attention_macs",
     "halo_attention_2d", "halo_attention_macs",
+    "neighborhood_attention_2d", "neighborhood_attention_macs",
 ]

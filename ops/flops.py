@@ -57,6 +57,13 @@ def _halo_attention_jit(inputs, outputs):
     return halo_attention_macs(q, v, block_size, halo_size)
 
 
+def _neighborhood_attention_jit(inputs, outputs):
+    from .neighborhood_attention import neighborhood_attention_macs
+    q, v = _sizes(inputs[0]), _sizes(inputs[2])
+    kernel_h, kernel_w = (i.toIValue() for i in inputs[3:5])
+    return neighborhood_attention_macs(q, v, (kernel_h, kernel_w))
+
+
 def fvcore_handles():
     """``{op name: fvcore handle}`` for every attention op the zoo's models can run."""
     return {
@@ -64,4 +71,5 @@ def fvcore_handles():
         "backbones::window_attention_fwd": _window_attention_jit,
         "backbones::routed_attention_fwd": _routed_attention_jit,
         "backbones::halo_attention_fwd": _halo_attention_jit,
+        "backbones::neighborhood_attention_fwd": _neighborhood_attention_jit,
     }
