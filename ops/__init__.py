@@ -9,7 +9,10 @@ override that for a whole process or block.
 from ._backend import BACKENDS, current_default_backend, interpreter_enabled, use_backend
 from . import flops
 from .halo_attention import halo_attention_2d, halo_attention_macs
+from .masked import (
+    masked_attention, masked_attention_macs, pack_mask, topk_mask, unpack_mask)
 from .neighborhood_attention import neighborhood_attention_2d, neighborhood_attention_macs
+from .reversed import reversed_attention, reversed_attention_macs
 from .routed_attention import routed_attention_2d, routed_attention_macs
 from .window_attention import (
     centered_window_offset,
@@ -24,4 +27,6 @@ __all__ = [
     "routed_attention_2d", "routed_attention_macs",
     "halo_attention_2d", "halo_attention_macs",
     "neighborhood_attention_2d", "neighborhood_attention_macs",
+    "masked_attention", "masked_attention_macs", "topk_mask", "pack_mask", "unpack_mask",
+    "reversed_attention", "reversed_attention_macs",
 ]

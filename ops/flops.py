@@ -64,6 +64,16 @@ def _neighborhood_attention_jit(inputs, outputs):
     return neighborhood_attention_macs(q, v, (kernel_h, kernel_w))
 
 
+def _masked_attention_jit(inputs, outputs):
+    from .masked import masked_attention_macs
+    return masked_attention_macs(*(_sizes(inputs[i]) for i in range(3)))
+
+
+def _reversed_attention_jit(inputs, outputs):
+    from .reversed import reversed_attention_macs
+    return reversed_attention_macs(_sizes(inputs[0]), _sizes(inputs[2]))
+
+
 def fvcore_handles():
     """``{op name: fvcore handle}`` for every attention op the zoo's models can run."""
     return {
@@ -72,4 +82,6 @@ def fvcore_handles():
         "backbones::routed_attention_fwd": _routed_attention_jit,
         "backbones::halo_attention_fwd": _halo_attention_jit,
         "backbones::neighborhood_attention_fwd": _neighborhood_attention_jit,
+        "backbones::masked_attention_fwd": _masked_attention_jit,
+        "backbones::reversed_attention_fwd": _reversed_attention_jit,
     }
