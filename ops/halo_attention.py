@@ -36,22 +36,14 @@ import torch
 import torch.nn.functional as F
 
 from ._backend import resolve_backend
+from ._checks import check_qkv
 
 __all__ = ["halo_attention_2d", "halo_attention_reference", "halo_attention_macs",
            "halo_rel_logits"]
 
 
 def _check_inputs(q, k, v, block_size, halo_size, stride, rel_pos):
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 5:
-            raise ValueError(f"{name} must be a 5-D tensor (B, heads, H, W, dim), "
-                             f"got {tuple(t.shape) if isinstance(t, torch.Tensor) else type(t)}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    check_qkv(q, k, v, rank=5, same_tokens=False)
     for name, val in (("block_size", block_size), ("halo_size", halo_size), ("stride", stride)):
         if isinstance(val, bool) or int(val) != val:
             raise ValueError(f"{name} must be an int, got {val!r}")

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ._backend import resolve_backend
+from ._checks import check_qkv
 
 __all__ = ["masked_attention", "masked_attention_reference", "masked_attention_macs",
            "topk_mask", "pack_mask", "unpack_mask"]
@@ -79,16 +80,7 @@ def topk_mask(indices, lk, *, packed=True):
 
 
 def _check_inputs(q, k, v, mask):
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            raise ValueError(f"{name} must be a 4-D tensor (B, heads, L, dim), "
-                             f"got {tuple(t.shape) if isinstance(t, torch.Tensor) else type(t)}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    check_qkv(q, k, v, rank=4, same_tokens=False)
     B, heads, lq, d_qk = q.shape
     if k.shape[:2] != (B, heads) or k.shape[-1] != d_qk:
         raise ValueError(f"k must be (B, heads, Lk, d_qk) matching q {tuple(q.shape)}, "

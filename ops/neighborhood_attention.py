@@ -24,6 +24,7 @@ heads-last, ``(B, H, W, heads, d)``: ``x.permute(0, 3, 1, 2, 4)`` converts for f
 import torch
 
 from ._backend import resolve_backend
+from ._checks import check_qkv
 
 __all__ = ["neighborhood_attention_2d", "neighborhood_attention_reference",
            "neighborhood_attention_macs", "neighborhood_starts", "neighborhood_index"]
@@ -46,20 +47,7 @@ def _pair(value, name):
 
 
 def _check_inputs(q, k, v, kernel_size, dilation):
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 5:
-            raise ValueError(f"{name} must be a 5-D tensor (B, heads, H, W, dim), "
-                             f"got {tuple(t.shape) if isinstance(t, torch.Tensor) else type(t)}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    if q.shape != k.shape:
-        raise ValueError(f"q and k must have the same shape, got {tuple(q.shape)} and {tuple(k.shape)}")
-    if v.shape[:4] != q.shape[:4]:
-        raise ValueError(f"v must match q in (B, heads, H, W), got {tuple(v.shape)} vs {tuple(q.shape)}")
+    check_qkv(q, k, v, rank=5)
     kernel_size = _pair(kernel_size, "kernel_size")
     dilation = _pair(dilation, "dilation")
     for axis, n, ks, dil in zip("HW", q.shape[2:4], kernel_size, dilation):

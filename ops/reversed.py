@@ -27,6 +27,7 @@ strides; the output is ``(B, heads, L, d_v)``. There is no dropout on ``A`` (the
 import torch
 
 from ._backend import resolve_backend
+from ._checks import check_qkv
 
 __all__ = ["reversed_attention", "reversed_attention_reference", "reversed_attention_macs"]
 
@@ -35,20 +36,7 @@ _REFERENCE_CHUNK_ELEMENTS = 1 << 24
 
 
 def _check_inputs(q, k, v, weights):
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            raise ValueError(f"{name} must be a 4-D tensor (B, heads, L, dim), "
-                             f"got {tuple(t.shape) if isinstance(t, torch.Tensor) else type(t)}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    if q.shape != k.shape:
-        raise ValueError(f"q and k must have the same shape, got {tuple(q.shape)} and {tuple(k.shape)}")
-    if v.shape[:3] != q.shape[:3]:
-        raise ValueError(f"v must match q in (B, heads, L), got {tuple(v.shape)} vs {tuple(q.shape)}")
+    check_qkv(q, k, v, rank=4)
     if weights is None:
         return None
     B, heads, L, _ = q.shape

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ._backend import resolve_backend
+from ._checks import check_qkv
 
 __all__ = ["routed_attention_2d", "routed_attention_macs", "routed_attention_reference",
            "max_chunk_regions"]
@@ -37,23 +38,6 @@ __all__ = ["routed_attention_2d", "routed_attention_macs", "routed_attention_ref
 # query regions in chunks that stay under this. Under autograd each chunk's gathered K/V is saved
 # for backward anyway, so the budget bounds the transient workspace and the inference peak.
 MAX_GATHER_BYTES = 256 * 2 ** 20
-
-
-def _check_qkv(q, k, v):
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 5:
-            raise ValueError(f"{name} must be a 5-D tensor (B, heads, H, W, dim), "
-                             f"got {tuple(t.shape) if isinstance(t, torch.Tensor) else type(t)}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    if q.shape != k.shape:
-        raise ValueError(f"q and k must have the same shape, got {tuple(q.shape)} and {tuple(k.shape)}")
-    if v.shape[:4] != q.shape[:4]:
-        raise ValueError(f"v must match q in (B, heads, H, W), got {tuple(v.shape)} vs {tuple(q.shape)}")
 
 
 def _check_region_size(grid, region_size):
@@ -174,7 +158,7 @@ def routed_attention_2d(q, k, v, region_index, region_size, *, scale=None, backe
     Returns:
         ``(B, heads, H, W, d_v)``.
     """
-    _check_qkv(q, k, v)
+    check_qkv(q, k, v, rank=5)
     region_size = _check_region_size(q.shape[2:4], region_size)
     num_regions = (q.shape[2] // region_size[0]) * (q.shape[3] // region_size[1])
     region_index = _check_region_index(region_index, q.shape[0], num_regions, q.device)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ._backend import resolve_backend
+from ._checks import check_qkv
 
 PADDING_MODES = ("zeros", "masked")
 
@@ -57,23 +58,6 @@ def _check_window(grid_size, window_size, window_offset):
             f"window_offset {window_offset} must satisfy 0 <= offset < window_size {window_size}: "
             "a larger offset would create windows made only of padding")
     return window_size, window_offset
-
-
-def _check_qkv(q, k, v):
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 5:
-            raise ValueError(f"{name} must be a 5-D tensor (B, heads, H, W, dim), "
-                             f"got {tuple(t.shape) if isinstance(t, torch.Tensor) else type(t)}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    if q.shape != k.shape:
-        raise ValueError(f"q and k must have the same shape, got {tuple(q.shape)} and {tuple(k.shape)}")
-    if v.shape[:4] != q.shape[:4]:
-        raise ValueError(f"v must match q in (B, heads, H, W), got {tuple(v.shape)} vs {tuple(q.shape)}")
 
 
 def to_windows(x, window_size, window_offset):
@@ -131,7 +115,7 @@ def window_attention_2d(q, k, v, window_size=None, *, window_offset=(0, 0), padd
     Returns:
         ``(B, heads, H, W, d_v)``.
     """
-    _check_qkv(q, k, v)
+    check_qkv(q, k, v, rank=5)
     if padding not in PADDING_MODES:
         raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
     window_size, window_offset = _check_window(q.shape[2:4], window_size, window_offset)

@@ -6,7 +6,6 @@ official model's logits.
 """
 import argparse
 import http.server
-import os
 import socket
 import threading
 
@@ -15,7 +14,7 @@ import torch
 import timm
 from safetensors.torch import save_file
 
-import backbones
+import backbones  # noqa: F401  (registers the zoo with timm)
 from backbones import PretrainedWeightsError
 from backbones._pretrained import register_checksum, PUBLISHED_SHA256
 from conftest import GOLDEN

@@ -11,10 +11,13 @@ get identical clones of the leaves; outputs and the gradients of every floating 
 shared random upstream gradient) are compared, and a failure lists the max abs difference of every
 tensor, not only the first one that broke.
 
-Import it as ``from harness import ...``: tests/ops has no ``__init__.py`` on purpose, since as a
-package named ``ops`` it would shadow the real ``ops`` package under pytest's default import mode.
+Import it as ``from harness import ...``: tests/kernels has no ``__init__.py`` on purpose: a
+package of test modules must never be importable under a name that shadows the real ``ops``.
 """
+import pytest
 import torch
+
+import ops
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -141,3 +144,36 @@ def assert_backends_match(op, make_inputs, *, grad=True, atol=None, rtol=None, g
         raise AssertionError(f"{cand_name} vs {ref_name} mismatch in {', '.join(failed)}:\n"
                              + "\n".join(report))
     return diffs
+
+
+def assert_compiles_like_eager(loss_fn, make_leaves):
+    """``torch.compile(loss_fn, fullgraph=True)`` (no graph break allowed) gives eager's scalar loss
+    and eager's gradients for every leaf ``make_leaves()`` returns (called twice: fresh leaves)."""
+    torch._dynamo.reset()
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
+    eager_leaves, compiled_leaves = make_leaves(), make_leaves()
+    eager, result = loss_fn(*eager_leaves), compiled(*compiled_leaves)
+    torch.testing.assert_close(result, eager)
+    eager.backward()
+    result.backward()
+    for a, b in zip(eager_leaves, compiled_leaves):
+        torch.testing.assert_close(b.grad, a.grad)
+
+
+def fvcore_totals(module, inputs):
+    """fvcore's total MACs of ``module(*inputs)`` per backend, with ``ops.flops``' rules, after
+    checking that no attention op went uncounted."""
+    import warnings
+
+    fvcore = pytest.importorskip("fvcore.nn")
+    totals = {}
+    for backend in ("reference", "triton"):
+        with ops.use_backend(backend), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            analysis = fvcore.FlopCountAnalysis(module, inputs)
+            analysis.set_op_handle(**ops.flops.fvcore_handles())
+            analysis.unsupported_ops_warnings(False)
+            totals[backend] = analysis.total()
+            uncounted = [op for op in analysis.unsupported_ops() if "attention" in op]
+            assert not uncounted, f"fvcore has no rule for {uncounted} on {backend}"
+    return totals

@@ -1,7 +1,6 @@
 """The fused window attention as torch.library custom ops: schema, fake implementation and
 autograd registration (opcheck), torch.compile without graph breaks, and fvcore counting rules
 that give the fused path the same GMACs as the reference."""
-import warnings
 
 import pytest
 import torch
@@ -9,6 +8,7 @@ import timm
 
 import backbones  # noqa: F401
 import ops
+from harness import assert_compiles_like_eager, fvcore_totals
 from ops import _triton_window_attention as fused
 
 
@@ -33,35 +33,14 @@ def test_compile_fullgraph_matches_eager(backend):
         out = ops.window_attention_2d(q, k, v, (4, 2), window_offset=(1, 0), backend=backend)
         return out.permute(0, 2, 3, 1, 4).flatten(3).square().sum()
 
-    torch._dynamo.reset()
-    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
-    eager_inputs, compiled_inputs = _qkv(), _qkv()
-    eager, result = layer(*eager_inputs), compiled(*compiled_inputs)
-    torch.testing.assert_close(result, eager)
-    eager.backward()
-    result.backward()
-    for a, b in zip(eager_inputs, compiled_inputs):
-        torch.testing.assert_close(b.grad, a.grad)
+    assert_compiles_like_eager(layer, _qkv)
 
 
 def test_fvcore_counts_both_paths_alike():
-    fvcore = pytest.importorskip("fvcore.nn")
     model = timm.create_model("cswin_tiny_224", embed_dim=16, depths=(1, 1, 1, 1),
                               num_heads=(2, 2, 4, 4), split_sizes=(1, 2, 7, None)).eval()
-    x = torch.randn(1, 3, 72, 96)
-    totals = {}
-    for backend in ("reference", "triton"):
-        with ops.use_backend(backend), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            analysis = fvcore.FlopCountAnalysis(model, x)
-            analysis.set_op_handle(**ops.flops.fvcore_handles())
-            analysis.unsupported_ops_warnings(False)
-            totals[backend] = analysis.total()
-            counted = analysis.by_operator()
-            assert not [op for op in analysis.unsupported_ops() if "attention" in op]
-        attention = sum(n for op, n in counted.items() if "attention" in op)
-        assert attention > 0
-    assert totals["reference"] == totals["triton"]
+    totals = fvcore_totals(model, torch.randn(1, 3, 72, 96))
+    assert totals["reference"] == totals["triton"] > 0
 
 
 def test_window_attention_macs_by_hand():

@@ -6,12 +6,11 @@ Shapes stay tiny: without a GPU the Triton path runs in the interpreter.
 """
 import pytest
 import torch
-import torch.nn.functional as F
 from timm.layers.halo_attn import HaloAttn
 
 import ops
 from ops.halo_attention import halo_attention_macs
-from harness import DEVICE, assert_backends_match
+from harness import DEVICE, assert_backends_match, assert_compiles_like_eager, fvcore_totals
 
 
 def _randn(*shape, dtype=torch.float32, seed=0):
@@ -259,15 +258,7 @@ def test_compile_fullgraph_matches_eager(backend):
     def inputs():
         return [t.requires_grad_() for t in _halo_inputs(1, 2, 8, 8, 8, 4, 4, 1, 2, True)()]
 
-    torch._dynamo.reset()
-    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
-    eager_inputs, compiled_inputs = inputs(), inputs()
-    eager, result = layer(*eager_inputs), compiled(*compiled_inputs)
-    torch.testing.assert_close(result, eager)
-    eager.backward()
-    result.backward()
-    for a, b in zip(eager_inputs, compiled_inputs):
-        torch.testing.assert_close(b.grad, a.grad)
+    assert_compiles_like_eager(layer, inputs)
 
 
 def test_default_backend_on_cpu_is_reference():
@@ -276,9 +267,6 @@ def test_default_backend_on_cpu_is_reference():
 
 
 def test_fvcore_counts_both_paths_alike():
-    fvcore = pytest.importorskip("fvcore.nn")
-    import warnings
-
     class Layer(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -286,17 +274,7 @@ def test_fvcore_counts_both_paths_alike():
                                  halo_size=2, dim_head=8)
 
         def forward(self, x):
-            return _via_op(self.m, x, backend=self.backend)
+            return _via_op(self.m, x, backend=None)  # the backend fvcore_totals selects
 
-    layer, x = Layer().eval(), _randn(1, 16, 16, 16)
-    totals = {}
-    for backend in ("reference", "triton"):
-        layer.backend = backend
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            analysis = fvcore.FlopCountAnalysis(layer, x)
-            analysis.set_op_handle(**ops.flops.fvcore_handles())
-            analysis.unsupported_ops_warnings(False)
-            totals[backend] = analysis.total()
-            assert not [op for op in analysis.unsupported_ops() if "attention" in op]
+    totals = fvcore_totals(Layer().eval(), _randn(1, 16, 16, 16))
     assert totals["reference"] == totals["triton"] > 0

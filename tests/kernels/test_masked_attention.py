@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import ops
-from harness import DEVICE, assert_backends_match
+from harness import DEVICE, assert_backends_match, assert_compiles_like_eager, fvcore_totals
 
 
 def _randn(*shape, dtype=torch.float32, seed=0):
@@ -344,21 +344,10 @@ def test_compile_fullgraph_matches_eager(backend):
     def leaves():
         return [t.requires_grad_() for t in _inputs(1, 2, 13, 15, 16, 8)()]
 
-    torch._dynamo.reset()
-    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
-    eager_inputs, compiled_inputs = leaves(), leaves()
-    eager, result = layer(*eager_inputs), compiled(*compiled_inputs)
-    torch.testing.assert_close(result, eager)
-    eager.backward()
-    result.backward()
-    for a, b in zip(eager_inputs, compiled_inputs):
-        torch.testing.assert_close(b.grad, a.grad)
+    assert_compiles_like_eager(layer, leaves)
 
 
 def test_fvcore_counts_both_paths_alike():
-    fvcore = pytest.importorskip("fvcore.nn")
-    import warnings
-
     class Layer(torch.nn.Module):
         def __init__(self, mask):
             super().__init__()
@@ -369,13 +358,6 @@ def test_fvcore_counts_both_paths_alike():
 
     q, k, v = (torch.randn(1, 2, 13, d) for d in (16, 16, 8))
     layer = Layer(torch.rand(1, 2, 13, 13) > 0.5)
-    totals = {}
-    for backend in ("reference", "triton"):
-        with ops.use_backend(backend), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            analysis = fvcore.FlopCountAnalysis(layer, (q, k, v))
-            analysis.set_op_handle(**ops.flops.fvcore_handles())
-            analysis.unsupported_ops_warnings(False)
-            totals[backend] = analysis.total()
+    totals = fvcore_totals(layer, (q, k, v))
     assert totals["reference"] == totals["triton"] == ops.masked_attention_macs(
         q.shape, k.shape, v.shape)

@@ -9,7 +9,7 @@ import torch
 
 import ops
 from ops.neighborhood_attention import neighborhood_index, neighborhood_starts
-from harness import DEVICE, assert_backends_match
+from harness import DEVICE, assert_backends_match, assert_compiles_like_eager, fvcore_totals
 
 
 def _randn(*shape, dtype=torch.float32, seed=0):
@@ -279,33 +279,15 @@ def test_compile_fullgraph_matches_eager(backend):
     def leaves():
         return [t.requires_grad_() for t in _qkv_inputs(1, 2, 7, 6, 16, 8)()]
 
-    torch._dynamo.reset()
-    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
-    eager_inputs, compiled_inputs = leaves(), leaves()
-    eager, result = layer(*eager_inputs), compiled(*compiled_inputs)
-    torch.testing.assert_close(result, eager)
-    eager.backward()
-    result.backward()
-    for a, b in zip(eager_inputs, compiled_inputs):
-        torch.testing.assert_close(b.grad, a.grad)
+    assert_compiles_like_eager(layer, leaves)
 
 
 def test_fvcore_counts_both_paths_alike():
-    fvcore = pytest.importorskip("fvcore.nn")
-    import warnings
-
     class Layer(torch.nn.Module):
         def forward(self, q, k, v):
             return ops.neighborhood_attention_2d(q, k, v, (3, 5), dilation=(2, 1))
 
     q, k, v = (_randn(1, 2, 9, 8, d, seed=s) for d, s in ((16, 0), (16, 1), (8, 2)))
-    totals = {}
-    for backend in ("reference", "triton"):
-        with ops.use_backend(backend), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            analysis = fvcore.FlopCountAnalysis(Layer(), (q, k, v))
-            analysis.set_op_handle(**ops.flops.fvcore_handles())
-            analysis.unsupported_ops_warnings(False)
-            totals[backend] = analysis.total()
+    totals = fvcore_totals(Layer(), (q, k, v))
     assert totals["reference"] == totals["triton"] == ops.neighborhood_attention_macs(
         q.shape, v.shape, (3, 5))

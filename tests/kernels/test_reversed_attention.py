@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import ops
-from harness import DEVICE, assert_backends_match
+from harness import DEVICE, assert_backends_match, assert_compiles_like_eager, fvcore_totals
 
 
 def _randn(*shape, dtype=torch.float32, seed=0):
@@ -288,37 +288,15 @@ def test_compile_fullgraph_matches_eager(backend):
         m = _rand(1, 19, seed=9)
         return [t.requires_grad_() for t in (q, k, v, p, m)]
 
-    torch._dynamo.reset()
-    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
-    eager_inputs, compiled_inputs = leaves(), leaves()
-    eager, result = layer(*eager_inputs), compiled(*compiled_inputs)
-    torch.testing.assert_close(result, eager)
-    eager.backward()
-    result.backward()
-    for a, b in zip(eager_inputs, compiled_inputs):
-        torch.testing.assert_close(b.grad, a.grad)
+    assert_compiles_like_eager(layer, leaves)
 
 
 def test_fvcore_counts_both_paths_alike():
-    fvcore = pytest.importorskip("fvcore.nn")
-    import warnings
-
-    handles = ops.flops.fvcore_handles()
-    if "backbones::reversed_attention_fwd" not in handles:
-        pytest.skip("ops.flops has no rule for backbones::reversed_attention_fwd yet")
-
     class Layer(torch.nn.Module):
         def forward(self, q, k, v, w):
             return ops.reversed_attention(q, k, v, w)
 
     q, k = (_randn(1, 2, 23, 16, seed=s) for s in (0, 1))
     v, w = _randn(1, 2, 23, 8, seed=2), _rand(1, 2, 23, seed=3)
-    totals = {}
-    for backend in ("reference", "triton"):
-        with ops.use_backend(backend), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            analysis = fvcore.FlopCountAnalysis(Layer(), (q, k, v, w))
-            analysis.set_op_handle(**handles)
-            analysis.unsupported_ops_warnings(False)
-            totals[backend] = analysis.total()
+    totals = fvcore_totals(Layer(), (q, k, v, w))
     assert totals["reference"] == totals["triton"] == ops.reversed_attention_macs(q.shape, v.shape)

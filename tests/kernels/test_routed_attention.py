@@ -6,7 +6,6 @@ validation, FLOP counting and the reference's memory bound.
 Shapes stay tiny: without a GPU the Triton path runs in the interpreter (~15 ms per program).
 """
 import math
-import warnings
 import weakref
 
 import pytest
@@ -17,7 +16,7 @@ from torch.utils._pytree import tree_flatten
 import ops
 from ops import _triton_routed_attention as tri
 from ops import routed_attention as ra
-from harness import DEVICE, assert_backends_match
+from harness import DEVICE, assert_backends_match, assert_compiles_like_eager, fvcore_totals
 
 
 def _randn(*shape, dtype=torch.float32, seed=0):
@@ -314,15 +313,7 @@ def test_compile_fullgraph_matches_eager(backend):
     def inputs():
         return [t.requires_grad_() for t in _qkv_inputs(1, 2, 4, 4, 16, d_v=8)()]
 
-    torch._dynamo.reset()
-    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
-    eager_inputs, compiled_inputs = inputs(), inputs()
-    eager, result = layer(*eager_inputs), compiled(*compiled_inputs)
-    torch.testing.assert_close(result, eager)
-    eager.backward()
-    result.backward()
-    for a, b in zip(eager_inputs, compiled_inputs):
-        torch.testing.assert_close(b.grad, a.grad)
+    assert_compiles_like_eager(layer, inputs)
 
 
 # --------------------------------------------------------------------------- FLOP counting
@@ -336,8 +327,6 @@ def test_routed_attention_macs_by_hand():
 
 def test_fvcore_counts_both_paths_alike():
     """ops.flops counts the fused op as the reference's SDPA calls are counted, chunked or not."""
-    fvcore = pytest.importorskip("fvcore.nn")
-
     class Layer(torch.nn.Module):
         def __init__(self, idx):
             super().__init__()
@@ -348,14 +337,7 @@ def test_fvcore_counts_both_paths_alike():
 
     idx = make_index(1, 16, 3, "repeated")
     q, k, v = _qkv_inputs(1, 2, 8, 8, 16, d_v=8)()
-    totals = {}
-    for backend in ("reference", "triton"):
-        with ops.use_backend(backend), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            analysis = fvcore.FlopCountAnalysis(Layer(idx), (q, k, v))
-            analysis.set_op_handle(**ops.flops.fvcore_handles())
-            analysis.unsupported_ops_warnings(False)
-            totals[backend] = analysis.total()
+    totals = fvcore_totals(Layer(idx), (q, k, v))
     assert totals["reference"] == totals["triton"] == ops.routed_attention_macs(
         q.shape, v.shape, 3, (2, 2))
 
