@@ -81,14 +81,15 @@ def test_reference_only_without_interpreter(tool, monkeypatch, capsys):
 def test_unknown_pattern_and_bad_settings(tool):
     with pytest.raises(SystemExit, match=r"unknown pattern 'cswin_t_s9_v'.*did you mean"):
         tool.main(TINY + ["--patterns", "cswin_t_s9_v"])
-    with pytest.raises(SystemExit, match=r"unknown pattern 'na_\*'.*known patterns"):
-        tool.main(TINY + ["--patterns", "na_*"])
+    with pytest.raises(SystemExit, match=r"unknown pattern 'litv2_\*'.*known patterns"):
+        tool.main(TINY + ["--patterns", "litv2_*"])
     with pytest.raises(SystemExit, match="fp32 only"):
         tool.main(TINY + ["--dtype", "bf16"])
     assert [p.name for p in tool.resolve_patterns(["cswin_t_s1_*", "full_14"])] == [
         "cswin_t_s1_v", "cswin_t_s1_h", "full_14"]
     assert [p.name for p in tool.resolve_patterns(["halonet_h1_*"])] == [
         "halonet_h1_s1", "halonet_h1_s1_norel", "halonet_h1_s2_down"]
+    assert [p.name for p in tool.resolve_patterns(["na_*"])] == ["na_7x7_56", "na_7x7_d2_56"]
 
 
 def test_pattern_table_and_bandwidth_lookup(tool):
@@ -168,3 +169,85 @@ def test_routed_and_halo_geometry(tool):
     assert down.q_grid == (28, 28) and down.output_shape() == (128, 8, 28, 28, 16)
     nq, nk = 128 * 8 * 28 * 28, 128 * 8 * 56 * 56
     assert down.compulsory_bytes(2)[0] == (2 * nq * 16 + 2 * nk * 16) * 2 + 4 * nq + 2 * 27 * 16 * 2
+
+
+NEW_OPS = ["na_7x7_d2_56", "sparsifiner_s_k40", "dependencyvit_s"]  # one row per new op
+
+
+def test_neighborhood_masked_reversed_rows(tool, capsys):
+    rows = tool.main(TINY + ["--patterns", *NEW_OPS])
+    assert [(r["pattern"], r["backend"]) for r in rows] == [
+        (p, b) for p in NEW_OPS for b in ("triton", "reference")]
+    for r in rows:
+        assert r["error"] is None, r
+        assert r["batch"] == 1 and r["heads"] == 1 and r["tiny"] is True
+        assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["fwd_gbps"] > 0
+        if r["backend"] == "triton":
+            assert r["max_diff_out"] < 1e-4 and r["max_diff_grad"] < 1e-4, r
+        else:
+            assert r["max_diff_out"] is None and r["max_diff_grad"] is None
+    by_pattern = {r["pattern"]: r for r in rows}
+    # --tiny: NA keeps kernel and dilation (grid >= kernel * dilation); masked keeps the keep rate.
+    assert by_pattern["na_7x7_d2_56"]["shape"] == "B1 h1 14x14 d32 na 7x7 dil 2"
+    assert by_pattern["sparsifiner_s_k40"]["shape"] == (
+        "B1 h1 N65 d64 top-13 of 65, cls row dense")
+    assert by_pattern["dependencyvit_s"]["shape"] == "B1 h1 N64 d64 dense, weighted"
+    text = capsys.readouterr().out
+    assert "| reference (explicit softmax on gathered neighborhoods) |" in text
+    assert "| reference (SDPA with a bool mask) |" in text
+    assert "| reference (matmul + softmax, transposed accumulation) |" in text
+    assert "FlexAttention skipped for reversed patterns" in text
+    assert "FlexAttention skipped on the CPU" in text
+
+
+def test_neighborhood_masked_reversed_geometry(tool):
+    patterns = {p.name: p for p in tool.PATTERNS}
+    # spec ops.md §5.3, bf16, B=128: "7x7 NA, 56x56, C=96": 7.6 GFLOP, 313 MB
+    for name, dilation in (("na_7x7_56", 1), ("na_7x7_d2_56", 2)):
+        na = tool.NeighborhoodAttention(patterns[name], 128, 3, (56, 56))
+        assert (na.kernel, na.dilation) == (7, dilation)
+        assert na.forward_flops() == 4 * 128 * 3 * 56 * 56 * 49 * 32
+        assert na.forward_flops() / 1e9 == pytest.approx(7.6, rel=0.01)
+        fwd, bwd = na.compulsory_bytes(2)
+        assert fwd / 1e6 == pytest.approx(313, rel=0.01) and bwd > 1.9 * fwd
+
+    # "Sparsifiner DeiT-S (k=40 of 197)": 1.6 GFLOP, 78 MB (Q, K, V, O + LSE; + the packed mask)
+    sp = tool.MaskedAttention(patterns["sparsifiner_s_k40"], 128, 6, (14, 14))
+    assert (sp.n, sp.topk, sp.cls_tokens) == (197, 40, 1)
+    assert sp.forward_flops() == 2 * 128 * 6 * (197 + 196 * 40) * 128
+    assert sp.forward_flops() / 1e9 == pytest.approx(1.6, rel=0.02)
+    assert sp.mask_bytes() == 128 * 6 * 197 * 25
+    fwd, bwd = sp.compulsory_bytes(2)
+    assert (fwd - sp.mask_bytes()) / 1e6 == pytest.approx(78, rel=0.01) and bwd > 1.9 * fwd
+    mask = tool.ops.unpack_mask(sp.mask_cpu, 197)
+    assert mask.shape == (128, 6, 197, 197) and mask[:, :, 0].all()  # cls row dense
+    assert (mask[:, :, 1:].sum(-1) == 40).all()  # distinct top-40 per patch row and head
+    again = tool.MaskedAttention(patterns["sparsifiner_s_k40"], 128, 6, (14, 14))
+    assert torch.equal(again.mask_cpu, sp.mask_cpu)  # seeded
+
+    # "DependencyViT-S (dense, N=196)": 7.6 GFLOP, 78 MB (+ the (B, heads, N) weights)
+    dep = tool.ReversedAttention(patterns["dependencyvit_s"], 128, 6, (14, 14))
+    assert dep.n == 196 and dep.forward_flops() == 4 * 128 * 6 * 196 * 196 * 64
+    assert dep.forward_flops() / 1e9 == pytest.approx(7.6, rel=0.01)
+    fwd, bwd = dep.compulsory_bytes(2)
+    weights = 128 * 6 * 196 * 2
+    assert (fwd - weights) / 1e6 == pytest.approx(78, rel=0.01) and bwd > 1.9 * fwd
+    leaves = dep.__class__(patterns["dependencyvit_s"], 2, 6, (14, 14)).make_inputs(
+        torch.float32, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert leaves[1].shape == (2, 6, 196) and (leaves[1] >= 0).all()
+
+
+@pytest.mark.parametrize("grid, kernel, dilation", [((14, 14), 7, 1), ((14, 11), 5, 2),
+                                                    ((9, 12), 3, 3)])
+def test_flex_na_mask_is_natten_window(tool, grid, kernel, dilation):
+    """The FlexAttention mask_mod (CUDA only) selects exactly ops' NATTEN window."""
+    from ops.neighborhood_attention import neighborhood_index
+    H, W = grid
+    q_idx, kv_idx = torch.arange(H * W)[:, None], torch.arange(H * W)[None, :]
+    got = tool.na_mask_mod(grid, kernel, dilation)(0, 0, q_idx, kv_idx)
+    iy, ix = neighborhood_index(H, kernel, dilation), neighborhood_index(W, kernel, dilation)
+    want = torch.zeros(H, W, H, W, dtype=torch.bool)
+    for y in range(H):
+        for x in range(W):
+            want[y, x, iy[y][:, None], ix[x][None, :]] = True
+    assert torch.equal(got, want.view(H * W, H * W))

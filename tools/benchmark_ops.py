@@ -6,11 +6,15 @@
 
 Every pattern (``PATTERNS``) is one op call of a real layer at 224x224 input: window attention
 (CSWin, Swin, full), BiFormer's routed attention (``ops.routed_attention_2d``, with a fixed seeded
-routing) and HaloNet's halo attention (``ops.halo_attention_2d``). Per (pattern, dtype) the tool
-times ``ops.*`` on its Triton and reference backends and on the baselines that exist here:
-FlexAttention (CUDA, compiled, with a block mask of the same pattern; window and routed only) and
-NATTEN (if importable; window only). The reference backend *is* ``F.scaled_dot_product_attention``
-on gathered windows / regions, so no separate SDPA row is printed.
+routing), HaloNet's halo attention (``ops.halo_attention_2d``), neighborhood attention
+(``ops.neighborhood_attention_2d``, plain and dilated), Sparsifiner's masked attention
+(``ops.masked_attention``, fixed seeded top-k mask) and DependencyViT's reversed attention
+(``ops.reversed_attention``). Per (pattern, dtype) the tool times ``ops.*`` on its Triton and
+reference backends and on the baselines that exist here: FlexAttention (CUDA, compiled, with a
+block mask of the same pattern; window, routed, neighborhood and masked only) and NATTEN (if
+importable; window and neighborhood only). For window, routed and masked patterns the reference
+backend *is* ``F.scaled_dot_product_attention`` on gathered windows / regions / with the mask, so
+no separate SDPA row is printed.
 
 Columns: median ms of a forward (under ``torch.no_grad``) and of forward+backward
 (``torch.autograd.grad`` with a random dO); achieved GB/s on the op's compulsory traffic
@@ -120,7 +124,18 @@ PATTERNS = [
             dict(block=8, halo=3, stride=2, rel_pos=True),
             "HaloNet-H1 stage 2 first block, strided queries: C=128, 8 heads, k/v 56x56, "
             "q 28x28 (4x4 query blocks), block 8, halo 3, rel-pos tables"),
-    # Later families become rows here, with an op class below: "neighborhood" (NA), ...
+    # Neighborhood attention (NATTEN semantics; spec ops.md §5.3 "7x7 NA, 56x56, C=96").
+    Pattern("na_7x7_56", "neighborhood", (56, 56), 3, 32, dict(kernel=7, dilation=1),
+            "7x7 neighborhood attention, 56x56, C=96, 3 heads (NAT-T stage 1)"),
+    Pattern("na_7x7_d2_56", "neighborhood", (56, 56), 3, 32, dict(kernel=7, dilation=2),
+            "7x7 dilated (d=2) neighborhood attention, 56x56, C=96, 3 heads (DiNAT-T stage 1)"),
+    # Sparsifiner DeiT-S (spec §5.3 "k=40 of 197"): 1 cls + 14x14 patches, cls row dense.
+    Pattern("sparsifiner_s_k40", "masked", (14, 14), 6, 64, dict(cls_tokens=1, topk=40),
+            "Sparsifiner DeiT-S: C=384, 6 heads, N=197, cls row dense, top-40 keys per patch row"),
+    # DependencyViT-S (spec §5.3 "dense, N=196"): 14x14 tokens, no cls token.
+    Pattern("dependencyvit_s", "reversed", (14, 14), 6, 64, dict(),
+            "DependencyViT-S reversed attention: C=384, 6 heads, N=196, per-(head, token) "
+            "weights"),
 ]
 
 
@@ -485,7 +500,302 @@ class HaloAttention:
                                  "inwards at borders, HaloNet's are zero-padded")
 
 
-OPS = {"window": WindowAttention, "routed": RoutedAttention, "halo": HaloAttention}
+def na_mask_mod(grid, kernel, dilation):
+    """FlexAttention ``mask_mod`` over the raster-order token sequence of a ``grid`` with NATTEN's
+    clamped window (spec ops.md §6): per axis, with sub-grid ``g = i % dilation`` of length
+    ``L_g``, the query's centre ``i // dilation`` is clamped into ``[r, L_g - 1 - r]`` and a key
+    of the same sub-grid is kept when ``|key // dilation - centre| <= r``."""
+    (H, W), r = grid, kernel // 2
+
+    def axis(q, kv, length):
+        g = q % dilation
+        sub_len = (length - g + dilation - 1) // dilation
+        centre = torch.minimum((q // dilation).clamp(min=r), sub_len - 1 - r)
+        return (kv % dilation == g) & ((kv // dilation - centre).abs() <= r)
+
+    def neighborhood(b, h, q_idx, kv_idx):
+        return axis(q_idx // W, kv_idx // W, H) & axis(q_idx % W, kv_idx % W, W)
+    return neighborhood
+
+
+class NeighborhoodAttention:
+    """``ops.neighborhood_attention_2d`` (NATTEN's ``na2d``: a ``k x k`` window centred on the
+    query, shifted inwards at borders, optionally dilated) at one concrete shape, with q, k, v as
+    strided views of one ``(B, H, W, 3, heads, d)`` qkv projection output (NAT's NHWC ``qkv``
+    Linear)."""
+
+    KERNELS = "ops._triton_neighborhood_attention"
+    REFERENCE = "reference (explicit softmax on gathered neighborhoods)"
+    NATTEN_LABEL = "natten (na2d)"
+    NOTES = ["neighborhood: bytes and FLOPs as for windows, with K_eff = kernel^2 keys per query "
+             "(no padding exists; dilation changes neither); FlexAttention uses a mask_mod with "
+             "NATTEN's clamped (dilated) window over the raster-order sequence (spec ops.md §6)."]
+
+    @staticmethod
+    def tiny_grid(pattern):
+        """About a quarter of each side, but at least kernel * dilation (NATTEN's minimum)."""
+        need = pattern.args["kernel"] * pattern.args["dilation"]
+        return tuple(max(tiny_grid_side(n), min(n, need)) for n in pattern.grid)
+
+    def __init__(self, pattern, batch, heads, grid):
+        self.batch, self.heads, self.grid, self.d = batch, heads, tuple(grid), pattern.head_dim
+        self.kernel, self.dilation = pattern.args["kernel"], pattern.args["dilation"]
+        if any(self.kernel * self.dilation > n for n in self.grid):
+            raise ValueError(f"{pattern.name}: kernel {self.kernel} x dilation {self.dilation} "
+                             f"exceeds the grid {self.grid}")
+        self.scale = self.d ** -0.5
+        self.window_text = (f"na {self.kernel}x{self.kernel}"
+                            + (f" dil {self.dilation}" if self.dilation > 1 else ""))
+
+    def label(self):
+        (H, W) = self.grid
+        return f"B{self.batch} h{self.heads} {H}x{W} d{self.d} {self.window_text}"
+
+    make_inputs = WindowAttention.make_inputs
+    output_shape = WindowAttention.output_shape
+    split = staticmethod(WindowAttention.split)
+    tokens = WindowAttention.tokens
+
+    def call(self, backend):
+        def run(q, k, v):
+            return ops.neighborhood_attention_2d(q, k, v, self.kernel, dilation=self.dilation,
+                                                 scale=self.scale, backend=backend)
+        return run
+
+    def compulsory_bytes(self, itemsize):
+        """(forward, backward) bytes: the window formula (Q, K, V, O + LSE)."""
+        return WindowAttention.compulsory_bytes(self, itemsize)
+
+    def forward_flops(self):
+        shape = self.output_shape()
+        return 2 * ops.neighborhood_attention_macs(shape, shape, self.kernel)
+
+    # -- baselines
+
+    def flex(self, device):
+        """FlexAttention over the raster-order token sequence with NATTEN's clamped window as
+        ``mask_mod`` (:func:`na_mask_mod`)."""
+        if device.type != "cuda":
+            return None, FLEX_CPU_NOTE
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        H, W = self.grid
+        block_mask = create_block_mask(na_mask_mod(self.grid, self.kernel, self.dilation),
+                                       None, None, H * W, H * W, device=device)
+        _raise_recompile_limits()
+        compiled = torch.compile(flex_attention, dynamic=False)
+        scale = self.scale
+
+        def run(q, k, v):
+            out = compiled(q.flatten(2, 3), k.flatten(2, 3), v.flatten(2, 3),
+                           block_mask=block_mask, scale=scale)
+            return out.unflatten(2, (H, W))
+        return run, None
+
+    def natten(self, device):
+        """NATTEN's ``na2d`` (heads-last; permuted views in and out, as for windows)."""
+        if importlib.util.find_spec("natten") is None:
+            return None, None
+        if device.type != "cuda":
+            return None, "NATTEN skipped on the CPU"
+        try:
+            from natten import na2d
+        except ImportError as e:
+            return None, f"NATTEN skipped: no natten.na2d: {e}"
+        kernel, dilation, scale = self.kernel, self.dilation, self.scale
+
+        def run(q, k, v):
+            q, k, v = (t.permute(0, 2, 3, 1, 4) for t in (q, k, v))
+            out = na2d(q, k, v, kernel_size=kernel, dilation=dilation, scale=scale)
+            return out.permute(0, 3, 1, 2, 4)
+        return run, None
+
+
+def _sequence_qkv(batch, tokens, heads, d, dtype, device, generator):
+    """One DeiT-style ``(B, N, 3, heads, d)`` qkv Linear output."""
+    return torch.randn(batch, tokens, 3, heads, d, generator=generator, device=device).to(dtype)
+
+
+def _split_sequence_qkv(qkv):
+    """q, k, v ``(B, heads, N, d)`` views of a ``(B, N, 3, heads, d)`` projection (timm's
+    ``qkv.reshape(B, N, 3, heads, d).permute(2, 0, 3, 1, 4)``)."""
+    return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def _sequence_tiny_grid(pattern):
+    return tuple(tiny_grid_side(n) for n in pattern.grid)
+
+
+class MaskedAttention:
+    """``ops.masked_attention`` (Sparsifiner's sparse attention) at one concrete shape: q, k, v are
+    views of one DeiT ``(B, N, 3, heads, d)`` qkv projection output, N = cls tokens + grid
+    tokens; the mask is packed (``ops.topk_mask``), per head, with the cls row(s) dense and every
+    patch row a fixed seeded random set of ``topk`` distinct keys (as Sparsifiner's
+    ``topk`` + ``scatter`` gives)."""
+
+    KERNELS = "ops._triton_masked_attention"
+    REFERENCE = "reference (SDPA with a bool mask)"
+    NOTES = ["masked: the mask is a fixed seeded random top-k per patch row and head (the op's "
+             "cost does not depend on which keys are kept), cls row dense, packed uint8; bytes = "
+             "the window formula + the packed mask read once per pass (spec §5.3's 78 MB leaves "
+             "it out); FLOPs count kept (query, key) pairs only.",
+             "FlexAttention for masked patterns: a mask_mod reading the dense (B, heads, N, N) "
+             "bool mask (unstructured: no block is skippable at N=197)."]
+
+    tiny_grid = staticmethod(_sequence_tiny_grid)
+
+    def __init__(self, pattern, batch, heads, grid):
+        self.batch, self.heads, self.grid, self.d = batch, heads, tuple(grid), pattern.head_dim
+        self.cls_tokens = pattern.args["cls_tokens"]
+        patches, full = grid[0] * grid[1], pattern.grid[0] * pattern.grid[1]
+        self.n = self.cls_tokens + patches
+        # --tiny keeps the keep rate: top-k scaled with the patch count (exact at full size).
+        self.topk = min(self.n, max(1, round(pattern.args["topk"] * patches / full)))
+        self.scale = self.d ** -0.5
+        generator = torch.Generator().manual_seed(0)
+        scores = torch.rand(batch, heads, patches, self.n, generator=generator)
+        self.key_index_cpu = scores.topk(self.topk, dim=-1).indices  # int64, distinct
+        patch_rows = ops.topk_mask(self.key_index_cpu, self.n)
+        cls_rows = torch.full((batch, heads, self.cls_tokens, patch_rows.shape[-1]), 255,
+                              dtype=torch.uint8)
+        self.mask_cpu = torch.cat([cls_rows, patch_rows], dim=2).contiguous()
+        self.mask = self.mask_cpu
+        self.window_text = f"top-{self.topk} of {self.n}"
+
+    def label(self):
+        return (f"B{self.batch} h{self.heads} N{self.n} d{self.d} top-{self.topk} of {self.n}, "
+                f"cls row dense")
+
+    def make_inputs(self, dtype, device, generator):
+        """One qkv projection output (:meth:`split` gives q, k, v); also puts the mask on
+        ``device``."""
+        self.mask = self.mask_cpu.to(device)
+        return (_sequence_qkv(self.batch, self.n, self.heads, self.d, dtype, device, generator),)
+
+    def output_shape(self):
+        return (self.batch, self.heads, self.n, self.d)
+
+    @staticmethod
+    def split(leaves):
+        return _split_sequence_qkv(leaves[0])
+
+    def call(self, backend):
+        def run(q, k, v):
+            return ops.masked_attention(q, k, v, self.mask, scale=self.scale, backend=backend)
+        return run
+
+    def tokens(self):
+        return self.batch * self.heads * self.n
+
+    def mask_bytes(self):
+        return self.mask_cpu.numel()  # packed uint8
+
+    def compulsory_bytes(self, itemsize):
+        """(forward, backward) bytes: the window formula (Q, K, V, O + LSE) plus the packed mask,
+        read once in each pass."""
+        fwd, bwd = WindowAttention.compulsory_bytes(self, itemsize)
+        return fwd + self.mask_bytes(), bwd + self.mask_bytes()
+
+    def forward_flops(self):
+        shape = self.output_shape()
+        return 2 * ops.masked_attention_macs(shape, shape, shape, keys_per_query=self.topk,
+                                             dense_rows=self.cls_tokens)
+
+    # -- baselines
+
+    def flex(self, device):
+        """FlexAttention with a ``mask_mod`` looking the pair up in the dense bool mask."""
+        if device.type != "cuda":
+            return None, FLEX_CPU_NOTE
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        table = ops.unpack_mask(self.mask_cpu.to(device), self.n)  # (B, heads, N, N) bool
+
+        def kept(b, h, q_idx, kv_idx):
+            return table[b, h, q_idx, kv_idx]
+
+        block_mask = create_block_mask(kept, self.batch, self.heads, self.n, self.n,
+                                       device=device)
+        _raise_recompile_limits()
+        compiled = torch.compile(flex_attention, dynamic=False)
+        scale = self.scale
+
+        def run(q, k, v):
+            return compiled(q, k, v, block_mask=block_mask, scale=scale)
+        return run, None
+
+    def natten(self, device):
+        return _natten_absent_or("NATTEN skipped for masked patterns: NATTEN has no arbitrary "
+                                 "per-query key sets")
+
+
+class ReversedAttention:
+    """``ops.reversed_attention`` (DependencyViT) at one concrete shape: q, k, v are views of one
+    ``(B, N, 3, heads, d)`` qkv projection output, and the per-(head, token) weights a leaf of
+    their own (head selector times message weight: random positive, gradients flow to it)."""
+
+    KERNELS = "ops._triton_reversed_attention"
+    REFERENCE = "reference (matmul + softmax, transposed accumulation)"
+    NOTES = ["reversed: bytes = the window formula + the (B, heads, N) weights read once (and "
+             "their gradient written once in backward); FLOPs dense; grads include d(weights).",
+             "FlexAttention skipped for reversed patterns: it normalizes over keys per query, "
+             "the transposed accumulation is not expressible with score_mod / mask_mod."]
+
+    tiny_grid = staticmethod(_sequence_tiny_grid)
+
+    def __init__(self, pattern, batch, heads, grid):
+        self.batch, self.heads, self.grid, self.d = batch, heads, tuple(grid), pattern.head_dim
+        self.n = grid[0] * grid[1]
+        self.scale = self.d ** -0.5
+        self.window_text = "dense reversed"
+
+    def label(self):
+        return f"B{self.batch} h{self.heads} N{self.n} d{self.d} dense, weighted"
+
+    def make_inputs(self, dtype, device, generator):
+        """qkv projection output and the weights ``softmax_heads(selector) * m``, m in [0, 1)."""
+        B, h, n = self.batch, self.heads, self.n
+        selector = torch.randn(B, h, n, generator=generator, device=device).softmax(1)
+        m = torch.rand(B, 1, n, generator=generator, device=device)
+        return (_sequence_qkv(B, n, h, self.d, dtype, device, generator),
+                (selector * m).to(dtype))
+
+    def output_shape(self):
+        return (self.batch, self.heads, self.n, self.d)
+
+    @staticmethod
+    def split(leaves):
+        return (*_split_sequence_qkv(leaves[0]), leaves[1])
+
+    def call(self, backend):
+        def run(q, k, v, weights):
+            return ops.reversed_attention(q, k, v, weights, scale=self.scale, backend=backend)
+        return run
+
+    def tokens(self):
+        return self.batch * self.heads * self.n
+
+    def compulsory_bytes(self, itemsize):
+        """(forward, backward) bytes: the window formula (Q, K, V, O + LSE) plus the weights
+        (read once; backward: read and their gradient written)."""
+        fwd, bwd = WindowAttention.compulsory_bytes(self, itemsize)
+        weights = self.tokens() * itemsize
+        return fwd + weights, bwd + 2 * weights
+
+    def forward_flops(self):
+        shape = self.output_shape()
+        return 2 * ops.reversed_attention_macs(shape, shape)
+
+    # -- baselines
+
+    def flex(self, device):
+        return None, (FLEX_CPU_NOTE if device.type != "cuda" else None)  # reason in NOTES
+
+    def natten(self, device):
+        return _natten_absent_or("NATTEN skipped for reversed patterns: not a neighborhood op")
+
+
+OPS = {"window": WindowAttention, "routed": RoutedAttention, "halo": HaloAttention,
+       "neighborhood": NeighborhoodAttention, "masked": MaskedAttention,
+       "reversed": ReversedAttention}
 
 
 def _raise_recompile_limits():
@@ -671,8 +981,7 @@ def markdown_table(rows, settings):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     time_spec, rate_spec = (".3f", ".1f") if on_cuda else (".4g", ".3g")
     for r in rows:
-        label = (r.get("reference_label") if r["backend"] == "reference" else None) \
-            or BACKEND_LABELS[r["backend"]]
+        label = r.get(f"{r['backend']}_label") or BACKEND_LABELS[r["backend"]]
         cells = [r["pattern"], r["shape"], label, r["dtype"]]
         if r["error"]:
             cells += ["error"] + ["–"] * (len(header) - 5)
@@ -697,8 +1006,10 @@ def method_notes(settings, op_classes=(WindowAttention,)):
         "(grads: max over dQ, dK, dV and any learned tables); '–' on the fp32 reference, which is "
         "that truth.",
         "reference = the op's PyTorch definition: F.scaled_dot_product_attention on the gathered "
-        "(zero-padded) windows / regions, i.e. the SDPA baseline, so no separate SDPA row "
-        "(HaloNet with rel-pos: matmul + bias + softmax, which SDPA cannot take fused).",
+        "(zero-padded) windows / regions or with the bool mask, i.e. the SDPA baseline, so no "
+        "separate SDPA row (HaloNet with rel-pos: matmul + bias + softmax, which SDPA cannot take "
+        "fused; neighborhood: explicit softmax on gathered neighborhoods; reversed: matmul + "
+        "softmax with the transposed accumulation, which SDPA cannot express).",
     ]
     for cls in op_classes:
         notes += getattr(cls, "NOTES", [])
@@ -735,7 +1046,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, help="default 128 on CUDA, 1 on the CPU")
     p.add_argument("--tiny", action=argparse.BooleanOptionalAction, default=None,
                    help="shrink grids (about /4, at least 8; routed / halo: the region / block "
-                        "grid, keeping region, block, halo, top-k), 1 head, batch 1 unless "
+                        "grid, keeping region, block, halo, top-k; neighborhood: at least "
+                        "kernel x dilation; masked: top-k scaled with the patch count), 1 head, "
+                        "batch 1 unless "
                         "--batch-size: for the Triton interpreter; default on for the CPU")
     p.add_argument("--warmup", type=int, default=2,
                    help="untimed calls per case and mode (default 2; on CUDA one more, the "
@@ -799,7 +1112,8 @@ def run_patterns(patterns, settings):
                              batch=case.batch, heads=case.heads, head_dim=case.d,
                              grid="x".join(map(str, case.grid)), window=case.window_text,
                              device=str(device), tiny=settings["tiny"],
-                             reference_label=case.REFERENCE)
+                             reference_label=case.REFERENCE,
+                             natten_label=getattr(case, "NATTEN_LABEL", None))
             for dtype in settings["dtypes"]:
                 bar.set_postfix_str(f"{pattern.name} {settings['dtype_names'][dtype]}")
                 with warnings.catch_warnings():
