@@ -27,10 +27,10 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
+from ._checks import check_triton_supported
+
 __all__ = ["halo_attention_triton"]
 
-_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_MAX_HEAD_DIM = 256
 _INTERPRETER_BLOCK = 256
 _MIN_BLOCK = 16
 _BLOCK_CAP = None  # tests lower this to force several query/key blocks per window
@@ -345,18 +345,6 @@ def _halo_attn_bwd_dkdv(
 _INTERPRETED = isinstance(_halo_attn_fwd, InterpretedFunction)
 
 
-def _check_supported(q, v):
-    if q.dtype not in _SUPPORTED_DTYPES:
-        raise TypeError(
-            f"the triton halo_attention_2d supports float32, float16 and bfloat16, got "
-            f"{q.dtype}; cast q, k, v or pass backend='reference'")
-    for name, d in (("d_qk", q.shape[-1]), ("d_v", v.shape[-1])):
-        if not 1 <= d <= _MAX_HEAD_DIM:
-            raise ValueError(
-                f"the triton halo_attention_2d supports head dims 1..{_MAX_HEAD_DIM}, got "
-                f"{name}={d}; pass backend='reference'")
-
-
 def _dot_precision(dtype):
     if dtype == torch.float32 and not _INTERPRETED and torch.backends.cuda.matmul.allow_tf32:
         return "tf32"
@@ -516,7 +504,7 @@ def halo_attention_triton(q, k, v, block_size, halo_size, stride, rel_pos, scale
                           scale_pos_embed):
     """Triton implementation of ``halo_attention_reference``; arguments already validated by
     :func:`ops.halo_attention_2d`."""
-    _check_supported(q, v)
+    check_triton_supported("halo_attention_2d", q, v)
     rh = rw = None
     if rel_pos is not None:
         from .halo_attention import halo_rel_logits

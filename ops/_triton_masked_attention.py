@@ -23,12 +23,11 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
+from ._checks import check_triton_supported
 from ._triton_window_attention import _dot_precision, _tile_mask, _tile_mask_t
 
 __all__ = ["masked_attention_triton"]
 
-_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_MAX_HEAD_DIM = 256
 _MIN_BLOCK = 16  # tl.dot needs M, N, K >= 16 on GPU
 _TILE_CAP = None  # tests lower this to force many small tiles
 
@@ -246,18 +245,6 @@ def _ma_bwd_dkdv(
 _INTERPRETED = isinstance(_ma_fwd, InterpretedFunction)
 
 
-def _check_supported(q, v):
-    if q.dtype not in _SUPPORTED_DTYPES:
-        raise TypeError(
-            f"the triton masked_attention supports float32, float16 and bfloat16, got "
-            f"{q.dtype}; cast q, k, v (e.g. .float()) or pass backend='reference'")
-    for name, d in (("d_qk", q.shape[-1]), ("d_v", v.shape[-1])):
-        if not 1 <= d <= _MAX_HEAD_DIM:
-            raise ValueError(
-                f"the triton masked_attention supports head dims 1..{_MAX_HEAD_DIM}, got "
-                f"{name}={d}; split the heads further or pass backend='reference'")
-
-
 class _Problem:
     """Shapes, tiles, mask view and launch parameters shared by the forward and backward."""
 
@@ -384,7 +371,7 @@ _masked_attention_fwd_op.register_autograd(_backward_rule, setup_context=_setup_
 def masked_attention_triton(q, k, v, mask, scale):
     """Triton implementation of ``masked_attention_reference``; arguments already validated by
     :func:`ops.masked_attention`."""
-    _check_supported(q, v)
+    check_triton_supported("masked_attention", q, v)
     store_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     out, _ = _masked_attention_fwd_op(q, k, v, mask, float(scale), store_lse)
     return out

@@ -30,13 +30,12 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
+from ._checks import check_triton_supported
 from ._triton_window_attention import (
     _dot_precision, _tile_mask, _tile_mask_t, _window_attn_bwd_delta)
 
 __all__ = ["neighborhood_attention_triton"]
 
-_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_MAX_HEAD_DIM = 256
 _MIN_BLOCK = 16  # tl.dot needs M, N, K >= 16 on GPU
 _TILE_CAP = None  # tests lower this (per tile side) to force many small tiles
 
@@ -339,18 +338,6 @@ def _na_bwd_dkdv(
 _INTERPRETED = isinstance(_na_fwd, InterpretedFunction)
 
 
-def _check_supported(q, v):
-    if q.dtype not in _SUPPORTED_DTYPES:
-        raise TypeError(
-            f"the triton neighborhood_attention_2d supports float32, float16 and bfloat16, got "
-            f"{q.dtype}; cast q, k, v (e.g. .float()) or pass backend='reference'")
-    for name, d in (("d_qk", q.shape[-1]), ("d_v", v.shape[-1])):
-        if not 1 <= d <= _MAX_HEAD_DIM:
-            raise ValueError(
-                f"the triton neighborhood_attention_2d supports head dims 1..{_MAX_HEAD_DIM}, got "
-                f"{name}={d}; split the heads further or pass backend='reference'")
-
-
 def _tile(extent_y, extent_x, max_tokens):
     """Power-of-two ``(ty, tx)`` covering at most ``max_tokens`` (at least 16) tokens, no wider
     than the extents' next powers of two where that allows 16 tokens."""
@@ -503,7 +490,7 @@ _neighborhood_attention_fwd_op.register_autograd(_backward_rule, setup_context=_
 def neighborhood_attention_triton(q, k, v, kernel_size, dilation, scale):
     """Triton implementation of ``neighborhood_attention_reference``; arguments already validated
     by :func:`ops.neighborhood_attention_2d` (``kernel_size``/``dilation`` are int pairs)."""
-    _check_supported(q, v)
+    check_triton_supported("neighborhood_attention_2d", q, v)
     store_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     out, _ = _neighborhood_attention_fwd_op(q, k, v, *kernel_size, *dilation, float(scale),
                                             store_lse)

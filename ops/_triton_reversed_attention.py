@@ -31,12 +31,11 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
+from ._checks import check_triton_supported
 from ._triton_window_attention import _dot_precision, _tile_mask, _tile_mask_t
 
 __all__ = ["reversed_attention_triton"]
 
-_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_MAX_HEAD_DIM = 256
 _MIN_BLOCK = 16  # tl.dot needs M, N, K >= 16 on GPU
 _TILE_CAP = None  # tests lower this to force many small tiles
 
@@ -325,18 +324,6 @@ def _ra_bwd_k(
 _INTERPRETED = isinstance(_ra_lse, InterpretedFunction)
 
 
-def _check_supported(q, v):
-    if q.dtype not in _SUPPORTED_DTYPES:
-        raise TypeError(
-            f"the triton reversed_attention supports float32, float16 and bfloat16, got "
-            f"{q.dtype}; cast q, k, v (e.g. .float()) or pass backend='reference'")
-    for name, d in (("d_qk", q.shape[-1]), ("d_v", v.shape[-1])):
-        if not 1 <= d <= _MAX_HEAD_DIM:
-            raise ValueError(
-                f"the triton reversed_attention supports head dims 1..{_MAX_HEAD_DIM}, got "
-                f"{name}={d}; split the heads further or pass backend='reference'")
-
-
 class _Problem:
     def __init__(self, q, v, scale):
         self.B, self.heads, self.L, self.d_qk = q.shape
@@ -477,6 +464,6 @@ _reversed_attention_fwd_op.register_autograd(_backward_rule, setup_context=_setu
 def reversed_attention_triton(q, k, v, weights, scale, return_scores):
     """Triton implementation of ``reversed_attention_reference``; arguments already validated by
     :func:`ops.reversed_attention` (``weights`` is None or expanded to ``(B, heads, L)``)."""
-    _check_supported(q, v)
+    check_triton_supported("reversed_attention", q, v)
     out, mask, _ = _reversed_attention_fwd_op(q, k, v, weights, scale, return_scores)
     return (out, mask.detach()) if return_scores else out

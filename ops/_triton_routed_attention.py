@@ -36,10 +36,10 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
+from ._checks import check_triton_supported
+
 __all__ = ["routed_attention_triton"]
 
-_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_MAX_HEAD_DIM = 256
 # Under the interpreter every tl op costs fixed Python overhead: fewer, larger tiles are faster.
 _INTERPRETER_BLOCK = 128
 _MIN_BLOCK = 16  # tl.dot needs M, N, K >= 16 on GPU
@@ -251,18 +251,6 @@ def _routed_attn_bwd(
 _INTERPRETED = isinstance(_routed_attn_fwd, InterpretedFunction)
 
 
-def _check_supported(q, v):
-    if q.dtype not in _SUPPORTED_DTYPES:
-        raise TypeError(
-            f"the triton routed_attention_2d supports float32, float16 and bfloat16, got "
-            f"{q.dtype}; cast q, k, v (e.g. .float()) or pass backend='reference'")
-    for name, d in (("d_qk", q.shape[-1]), ("d_v", v.shape[-1])):
-        if not 1 <= d <= _MAX_HEAD_DIM:
-            raise ValueError(
-                f"the triton routed_attention_2d supports head dims 1..{_MAX_HEAD_DIM}, got "
-                f"{name}={d}; split the heads further or pass backend='reference'")
-
-
 def _dot_precision(dtype):
     # fp32 dots honour torch's TF32 switch like cuBLAS matmuls do; the interpreter is always IEEE.
     if dtype == torch.float32 and not _INTERPRETED and torch.backends.cuda.matmul.allow_tf32:
@@ -432,7 +420,7 @@ _routed_attention_fwd_op.register_autograd(_backward_rule, setup_context=_setup_
 def routed_attention_triton(q, k, v, region_index, region_size, scale):
     """Triton implementation of ``routed_attention_reference``; arguments already validated by
     :func:`ops.routed_attention_2d` (``region_index`` int64 in range, ``region_size`` ints)."""
-    _check_supported(q, v)
+    check_triton_supported("routed_attention_2d", q, v)
     store_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     out, _ = _routed_attention_fwd_op(q, k, v, region_index, *region_size, float(scale),
                                       store_lse)

@@ -32,10 +32,10 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
+from ._checks import check_triton_supported
+
 __all__ = ["window_attention_triton"]
 
-_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_MAX_HEAD_DIM = 256
 
 # Under the interpreter every tl op is one numpy call whose fixed Python overhead dwarfs the
 # arithmetic, so fewer, larger tiles are strictly faster; 128 still splits the tests' full-grid
@@ -349,18 +349,6 @@ def _window_attn_bwd_dq(
 _INTERPRETED = isinstance(_window_attn_fwd, InterpretedFunction)
 
 
-def _check_supported(q, v):
-    if q.dtype not in _SUPPORTED_DTYPES:
-        raise TypeError(
-            f"the triton window_attention_2d supports float32, float16 and bfloat16, got "
-            f"{q.dtype}; cast q, k, v (e.g. .float()) or pass backend='reference'")
-    for name, d in (("d_qk", q.shape[-1]), ("d_v", v.shape[-1])):
-        if not 1 <= d <= _MAX_HEAD_DIM:
-            raise ValueError(
-                f"the triton window_attention_2d supports head dims 1..{_MAX_HEAD_DIM}, got "
-                f"{name}={d}; split the heads further or pass backend='reference'")
-
-
 class _Problem:
     """Shapes, window tiling and launch parameters shared by the forward and backward launches."""
 
@@ -548,7 +536,7 @@ _window_attention_fwd_op.register_autograd(_backward_rule, setup_context=_setup_
 def window_attention_triton(q, k, v, window_size, window_offset, padding, scale):
     """Triton implementation of ``window_attention_reference``; arguments already validated by
     :func:`ops.window_attention_2d` (``window_size``/``window_offset`` are int pairs)."""
-    _check_supported(q, v)
+    check_triton_supported("window_attention_2d", q, v)
     # The log-sum-exp is only needed (and stored) when a gradient will be asked for.
     store_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     out, _ = _window_attention_fwd_op(q, k, v, *window_size, *window_offset, padding,
