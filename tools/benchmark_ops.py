@@ -250,23 +250,13 @@ class WindowAttention:
         if any(self.padding):
             return None, (f"FlexAttention skipped for {self.label()}: zero-padded keys that take "
                           "part in the softmax are not expressible as a mask")
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-        (H, W), (wh, ww) = self.grid, self.extent  # no padding, hence no offset
+        (_, W), (wh, ww) = self.grid, self.extent  # no padding, hence no offset
 
         def same_window(b, h, q_idx, kv_idx):
             return (((q_idx // W) // wh == (kv_idx // W) // wh)
                     & ((q_idx % W) // ww == (kv_idx % W) // ww))
 
-        block_mask = create_block_mask(same_window, None, None, H * W, H * W, device=device)
-        _raise_recompile_limits()
-        compiled = torch.compile(flex_attention, dynamic=False)
-        scale = self.scale
-
-        def run(q, k, v):
-            out = compiled(q.flatten(2, 3), k.flatten(2, 3), v.flatten(2, 3),
-                           block_mask=block_mask, scale=scale)
-            return out.unflatten(2, (H, W))
-        return run, None
+        return _flex_on_grid(same_window, self.grid, self.scale, device), None
 
     def natten(self, device):
         """NATTEN's na2d with stride = kernel size = window (non-overlapping windows): (callable,
@@ -378,7 +368,6 @@ class RoutedAttention:
         call, inside the timing) with a mask looked up in a dense (B, nR, nR) routing table."""
         if device.type != "cuda":
             return None, FLEX_CPU_NOTE
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
         from ops.routed_attention import from_regions, to_regions
         B, nR, T = self.batch, self.num_regions, self.region[0] * self.region[1]
@@ -388,15 +377,12 @@ class RoutedAttention:
         def routed(b, h, q_idx, kv_idx):
             return table[b, q_idx // T, kv_idx // T]
 
-        block_mask = create_block_mask(routed, B, None, nR * T, nR * T, device=device)
-        _raise_recompile_limits()
-        compiled = torch.compile(flex_attention, dynamic=False)
-        scale, grid, region = self.scale, self.grid, self.region
+        attend = _compiled_flex(routed, B, None, nR * T, self.scale, device)
+        grid, region = self.grid, self.region
 
         def run(q, k, v):
             qr, kr, vr = (to_regions(t, region).flatten(2, 3) for t in (q, k, v))
-            out = compiled(qr, kr, vr, block_mask=block_mask, scale=scale)
-            return from_regions(out.unflatten(2, (nR, T)), grid, region)
+            return from_regions(attend(qr, kr, vr).unflatten(2, (nR, T)), grid, region)
         return run, None
 
     def natten(self, device):
@@ -577,19 +563,8 @@ class NeighborhoodAttention:
         ``mask_mod`` (:func:`na_mask_mod`)."""
         if device.type != "cuda":
             return None, FLEX_CPU_NOTE
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-        H, W = self.grid
-        block_mask = create_block_mask(na_mask_mod(self.grid, self.kernel, self.dilation),
-                                       None, None, H * W, H * W, device=device)
-        _raise_recompile_limits()
-        compiled = torch.compile(flex_attention, dynamic=False)
-        scale = self.scale
-
-        def run(q, k, v):
-            out = compiled(q.flatten(2, 3), k.flatten(2, 3), v.flatten(2, 3),
-                           block_mask=block_mask, scale=scale)
-            return out.unflatten(2, (H, W))
-        return run, None
+        mask_mod = na_mask_mod(self.grid, self.kernel, self.dilation)
+        return _flex_on_grid(mask_mod, self.grid, self.scale, device), None
 
     def natten(self, device):
         """NATTEN's ``na2d`` (heads-last; permuted views in and out, as for windows)."""
@@ -706,21 +681,12 @@ class MaskedAttention:
         """FlexAttention with a ``mask_mod`` looking the pair up in the dense bool mask."""
         if device.type != "cuda":
             return None, FLEX_CPU_NOTE
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
         table = ops.unpack_mask(self.mask_cpu.to(device), self.n)  # (B, heads, N, N) bool
 
         def kept(b, h, q_idx, kv_idx):
             return table[b, h, q_idx, kv_idx]
 
-        block_mask = create_block_mask(kept, self.batch, self.heads, self.n, self.n,
-                                       device=device)
-        _raise_recompile_limits()
-        compiled = torch.compile(flex_attention, dynamic=False)
-        scale = self.scale
-
-        def run(q, k, v):
-            return compiled(q, k, v, block_mask=block_mask, scale=scale)
-        return run, None
+        return _compiled_flex(kept, self.batch, self.heads, self.n, self.scale, device), None
 
     def natten(self, device):
         return _natten_absent_or("NATTEN skipped for masked patterns: NATTEN has no arbitrary "
@@ -796,6 +762,28 @@ class ReversedAttention:
 OPS = {"window": WindowAttention, "routed": RoutedAttention, "halo": HaloAttention,
        "neighborhood": NeighborhoodAttention, "masked": MaskedAttention,
        "reversed": ReversedAttention}
+
+
+def _compiled_flex(mask_mod, batch, heads, length, scale, device):
+    """Compiled FlexAttention over ``(B, heads, length, d)`` sequences under ``mask_mod``."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    block_mask = create_block_mask(mask_mod, batch, heads, length, length, device=device)
+    _raise_recompile_limits()
+    compiled = torch.compile(flex_attention, dynamic=False)
+
+    def run(q, k, v):
+        return compiled(q, k, v, block_mask=block_mask, scale=scale)
+    return run
+
+
+def _flex_on_grid(mask_mod, grid, scale, device):
+    """:func:`_compiled_flex` over the raster-order tokens of ``(B, heads, H, W, d)`` inputs."""
+    H, W = grid
+    attend = _compiled_flex(mask_mod, None, None, H * W, scale, device)
+
+    def run(q, k, v):
+        return attend(q.flatten(2, 3), k.flatten(2, 3), v.flatten(2, 3)).unflatten(2, (H, W))
+    return run
 
 
 def _raise_recompile_limits():
