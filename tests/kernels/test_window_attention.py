@@ -10,7 +10,8 @@ import torch
 
 import ops
 from ops import _backend
-from ops import _triton_window_attention as tri
+from ops import _triton_blocksparse as tri
+from ops import _triton_window_attention as window_triton
 from ops.window_attention import window_attention_reference
 from harness import DEVICE, assert_backends_match
 
@@ -273,7 +274,7 @@ def test_op_dispatches_on_resolved_backend(no_backend_env):
         calls.append(args[3:])
         return window_attention_reference(*args)
 
-    no_backend_env.setattr(tri, "window_attention_triton", spy)
+    no_backend_env.setattr(window_triton, "window_attention_triton", spy)
     q, k, v = _qkv_inputs(1, 1, 4, 4, 16)()
     no_backend_env.setenv(_backend.ENV_VAR, "triton")
     ops.window_attention_2d(q, k, v, (2, 2))
