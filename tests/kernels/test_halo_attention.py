@@ -173,7 +173,8 @@ def test_macs_by_hand():
 
 # --------------------------------------------------------------------------- Triton vs reference
 
-from ops import _triton_halo_attention as tri  # noqa: E402
+from ops import _triton_blocksparse as tri  # noqa: E402
+from ops import _triton_halo_attention as halo_triton  # noqa: E402
 
 
 def _halo_op(bs, halo, stride, spe=False, scale=None):
@@ -240,11 +241,11 @@ def test_opcheck_custom_ops():
     for t in (q, k, v):
         t.requires_grad_()
     tests = ("test_schema", "test_autograd_registration", "test_faketensor")
-    torch.library.opcheck(tri._halo_attention_fwd_op, (q, k, v, None, None, 4, 1, 2, 0.3, True),
+    torch.library.opcheck(halo_triton._halo_attention_fwd_op, (q, k, v, None, None, 4, 1, 2, 0.3, True),
                           test_utils=tests)
     rh = (q @ rel[0].T).detach().requires_grad_()
     rw = (q @ rel[1].T).detach().requires_grad_()
-    torch.library.opcheck(tri._halo_attention_fwd_op, (q, k, v, rh, rw, 4, 1, 2, 0.3, True),
+    torch.library.opcheck(halo_triton._halo_attention_fwd_op, (q, k, v, rh, rw, 4, 1, 2, 0.3, True),
                           test_utils=tests)
 
 
