@@ -205,10 +205,12 @@ def test_triton_matches_reference(case):
 
 @pytest.mark.parametrize("kernel, dilation", [(3, 1), ((5, 3), 1), (3, 2), ((3, 5), (3, 2))])
 def test_triton_small_tiles(monkeypatch, kernel, dilation):
-    # 4x4 query and key tiles: many tiles per sub-grid, so the forward's key rectangles and the
-    # backward's analytic query ranges are exercised away from the borders as well.
+    # 4x4 query and key tiles and 16-key blocks: many tiles per sub-grid, so the forward's key
+    # rectangles and the backward's analytic query ranges are exercised away from the borders.
+    from ops import _triton_blocksparse as family
     from ops import _triton_neighborhood_attention as tri
     monkeypatch.setattr(tri, "_TILE_CAP", 4)
+    monkeypatch.setattr(family, "_BLOCK_CAP", 16)
     assert_backends_match(_na_op(kernel, dilation), _qkv_inputs(1, 1, 15, 14, 16, 8))
 
 
