@@ -14,6 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import ops
+from ops import _triton_blocksparse as family
 from ops import _triton_routed_attention as tri
 from ops import routed_attention as ra
 from harness import DEVICE, assert_backends_match, assert_compiles_like_eager, fvcore_totals
@@ -184,7 +185,7 @@ def test_triton_matches_reference(case):
 def test_triton_multi_block(monkeypatch):
     # 16-lane tiles: 8x8 regions span 4 query blocks and every key block holds a quarter of a
     # region (online-softmax rescaling, backward loops, atomics from several query blocks).
-    monkeypatch.setattr(tri, "_BLOCK_CAP", 16)
+    monkeypatch.setattr(family, "_BLOCK_CAP", 16)
     idx = make_index(1, 4, 3, "repeated")
     assert_backends_match(_routed_op(idx, (8, 8), scale=0.2), _qkv_inputs(1, 1, 16, 16, 16))
 
