@@ -38,7 +38,6 @@ Rows whose every key is masked output 0 and store a log-sum-exp of ``+inf``, so 
 probabilities and gradients are 0. The softmax runs in base 2 (``exp2``, scale folded into
 ``scale * log2(e)``); the stored log-sum-exp is base 2.
 """
-import math
 
 import torch
 import triton

@@ -29,14 +29,14 @@ from typing import Optional, Tuple
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.interpreter import InterpretedFunction
 
 from ._checks import check_triton_supported
-from ._triton_window_attention import _dot_precision, _tile_mask, _tile_mask_t
+from ._triton_blocksparse import _tile_mask, _tile_mask_t
+from ._triton_blocksparse import INTERPRETED, MIN_BLOCK as _MIN_BLOCK
+from ._triton_blocksparse import dot_precision as _dot_precision
 
 __all__ = ["reversed_attention_triton"]
 
-_MIN_BLOCK = 16  # tl.dot needs M, N, K >= 16 on GPU
 _TILE_CAP = None  # tests lower this to force many small tiles
 
 _LOG2E = 1.4426950408889634
@@ -320,8 +320,6 @@ def _ra_bwd_k(
              mask=_tile_mask(k_ok, offs_dqk, D_QK, BLOCK_DQK))
 
 
-# The kernels were decorated under the interpreter iff this is an InterpretedFunction.
-_INTERPRETED = isinstance(_ra_lse, InterpretedFunction)
 
 
 class _Problem:
@@ -332,20 +330,20 @@ class _Problem:
         self.block_dqk = triton.next_power_of_2(max(self.d_qk, _MIN_BLOCK))
         self.block_dv = triton.next_power_of_2(max(self.d_v, _MIN_BLOCK))
         # Interpreter: few large tiles win (every tl op is a numpy call). GPU: 64 x 64, untuned.
-        cap = 128 if _INTERPRETED else 64
+        cap = 128 if INTERPRETED else 64
         if _TILE_CAP is not None:
             cap = _TILE_CAP
         self.block = max(_MIN_BLOCK, min(cap, triton.next_power_of_2(max(self.L, 1))))
         self.tiles = triton.cdiv(self.L, self.block)
-        self.num_warps = 1 if _INTERPRETED else 4
+        self.num_warps = 1 if INTERPRETED else 4
         self.empty = self.B * self.heads * self.L == 0
 
     def constexprs(self, dtype, with_dv=True):
         c = dict(D_QK=self.d_qk, BLOCK_M=self.block, BLOCK_N=self.block,
                  BLOCK_DQK=self.block_dqk,
-                 UPCAST_DOT=_INTERPRETED and dtype == torch.bfloat16,
+                 UPCAST_DOT=INTERPRETED and dtype == torch.bfloat16,
                  DOT_PRECISION=_dot_precision(dtype),
-                 num_warps=self.num_warps, num_stages=1 if _INTERPRETED else 2)
+                 num_warps=self.num_warps, num_stages=1 if INTERPRETED else 2)
         if with_dv:
             c.update(D_V=self.d_v, BLOCK_DV=self.block_dv)
         return c

@@ -302,9 +302,13 @@ def benchmark_in_subprocess(name, settings):
     peaks belong to this model alone; a crash (e.g. the OOM killer) becomes an error record."""
     cmd = [sys.executable, os.path.abspath(__file__),
            "--worker", json.dumps(dict(settings, model=name))]
+    # The worker imports the same backbones / ops as this process, installed or not.
+    roots = {os.path.dirname(os.path.dirname(os.path.abspath(m.__file__))) for m in (backbones, ops)}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        sorted(roots) + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     seen_model = False
     with tempfile.TemporaryFile("w+") as stderr:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
         for line in proc.stdout:
             if line.startswith(WORKER_PREFIX):
                 record = json.loads(line[len(WORKER_PREFIX):])

@@ -184,7 +184,7 @@ class WindowAttention:
     gradients are taken of, ``call(backend)`` / ``flex`` / ``natten`` the implementations,
     ``compulsory_bytes`` and ``forward_flops`` the rates' numerators."""
 
-    KERNELS = "ops._triton_window_attention"
+    KERNELS = "ops._triton_blocksparse"
     REFERENCE = "reference (SDPA on gathered windows)"
 
     @staticmethod
@@ -294,7 +294,7 @@ class RoutedAttention:
     ``region_index`` is a fixed random routing (seeded; ``topk`` distinct regions per query
     region, as ``torch.topk`` over BiFormer's region logits gives), shared by all heads."""
 
-    KERNELS = "ops._triton_routed_attention"
+    KERNELS = "ops._triton_blocksparse"
     REFERENCE = "reference (SDPA on gathered regions)"
     NOTES = ["routed: region_index is a fixed seeded random routing with distinct regions per "
              "query region (the op's cost does not depend on which regions are routed); scale = "
@@ -397,7 +397,7 @@ class HaloAttention:
     (``[k_h0, v_h0, k_h1, ...]``), and, with rel-pos, the shared ``(2 * win - 1, d)``
     ``height_rel`` / ``width_rel`` tables (gradients flow to them too)."""
 
-    KERNELS = "ops._triton_halo_attention"
+    KERNELS = "ops._triton_blocksparse"
     NOTES = ["halo: bytes = Q on the (strided) query grid + K, V on the full grid + O + LSE "
              "(+ the two rel-pos tables, read once; their gradients written once in backward); "
              "FLOPs count every window key, zero-padded ones included (they are computed); "
@@ -510,7 +510,7 @@ class NeighborhoodAttention:
     strided views of one ``(B, H, W, 3, heads, d)`` qkv projection output (NAT's NHWC ``qkv``
     Linear)."""
 
-    KERNELS = "ops._triton_neighborhood_attention"
+    KERNELS = "ops._triton_blocksparse"
     REFERENCE = "reference (explicit softmax on gathered neighborhoods)"
     NATTEN_LABEL = "natten (na2d)"
     NOTES = ["neighborhood: bytes and FLOPs as for windows, with K_eff = kernel^2 keys per query "
@@ -607,7 +607,7 @@ class MaskedAttention:
     patch row a fixed seeded random set of ``topk`` distinct keys (as Sparsifiner's
     ``topk`` + ``scatter`` gives)."""
 
-    KERNELS = "ops._triton_masked_attention"
+    KERNELS = "ops._triton_blocksparse"
     REFERENCE = "reference (SDPA with a bool mask)"
     NOTES = ["masked: the mask is a fixed seeded random top-k per patch row and head (the op's "
              "cost does not depend on which keys are kept), cls row dense, packed uint8; bytes = "
@@ -816,7 +816,7 @@ def triton_status(device, kernel_modules=None):
                     "kernels run only in its interpreter (start Python with TRITON_INTERPRET=1); "
                     "reference only")
         modules = kernel_modules or sorted({cls.KERNELS for cls in OPS.values()})
-        if not all(importlib.import_module(m)._INTERPRETED for m in modules):
+        if not all(importlib.import_module(m).INTERPRETED for m in modules):
             return ("Triton backend skipped: its kernels were imported before TRITON_INTERPRET "
                     "was set, so they cannot run on the CPU")
     return None

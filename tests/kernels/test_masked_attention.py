@@ -241,8 +241,8 @@ def test_triton_sparsifiner_like_topk_mask():
 def test_triton_small_tiles_skip_empty_tiles(monkeypatch, packed):
     # 16 x 16 tiles: several query and key tiles, and a block-structured mask whose empty
     # (query tile, key tile) pairs are skipped in the forward and both backward kernels.
-    from ops import _triton_masked_attention as tri
-    monkeypatch.setattr(tri, "_TILE_CAP", 16)
+    from ops import _triton_blocksparse as family
+    monkeypatch.setattr(family, "_BLOCK_CAP", 16)
     lq, lk = 50, 45
     m = _mask(1, 2, lq, lk, density=0.3)
     m[..., :16, 16:] = False     # query tile 0 sees only key tile 0
