@@ -287,6 +287,30 @@ def _pair_terms(PATTERN: tl.constexpr, MASK_MODE: tl.constexpr, HAS_BIAS: tl.con
 
 
 @triton.jit
+def _key_block(PATTERN: tl.constexpr, MASK_OOB: tl.constexpr, MASK_MODE: tl.constexpr,
+               HAS_BIAS: tl.constexpr, g, offs_n, n, c0, c1, c2, idx_base, si_k,
+               q_ok, qa, qb, qflat, m_base, sm_q, sm_k, RH, RW, r_row, sr_r, rel_center,
+               a0, a1, a2, a3, a4, a5, a6, a7, Hq, Wq, H, W):
+    """One key block of a query block's list, as the forward and dQ passes see it: the keys,
+    which take part (out-of-grid ones per MASK_OOB), the (query, key) pairs kept and their bias,
+    and whether the block holds any kept pair at all (masks only: otherwise K/V are not read)."""
+    ky, kx, k_list, k_real, ka, kb = _keys(PATTERN, g, offs_n, n, c0, c1, c2, idx_base, si_k,
+                                           a0, a1, a2, a3, a4, a5, a6, a7, Hq, Wq, H, W)
+    if MASK_OOB:
+        k_ok = k_real
+    else:
+        k_ok = k_list
+    ok, bias = _pair_terms(PATTERN, MASK_MODE, HAS_BIAS, False, q_ok, qa, qb, qflat,
+                           k_ok, ka, kb, ky * W + kx, m_base, sm_q, sm_k, RH, RW, r_row,
+                           sr_r, rel_center, a0, a1)
+    if MASK_MODE != 0:
+        visit = tl.max(ok.to(tl.int32)) > 0
+    else:
+        visit = True
+    return ky, kx, k_real, k_ok, ka, kb, ok, bias, visit
+
+
+@triton.jit
 def _program(pid, num_blocks, num_groups, heads):
     """Flat program id -> (block in group, group, batch, head, batch*head). Blocks of a group are
     consecutive, then groups, then (batch, head): programs running together share K/V in L2.
@@ -341,19 +365,10 @@ def _fwd(
     n, c0, c1, c2 = _key_span(PATTERN, g, a0, a1, a2, a3, a4, a5, a6, a7, Hq, Wq, H, W, BLOCK_M)
     for start_n in range(0, n, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        ky, kx, k_list, k_real, ka, kb = _keys(PATTERN, g, offs_n, n, c0, c1, c2, idx_base, si_k,
-                                               a0, a1, a2, a3, a4, a5, a6, a7, Hq, Wq, H, W)
-        if MASK_OOB:
-            k_ok = k_real
-        else:
-            k_ok = k_list
-        ok, bias = _pair_terms(PATTERN, MASK_MODE, HAS_BIAS, False, q_ok, qa, qb, qflat,
-                               k_ok, ka, kb, ky * W + kx, m_base, sm_q, sm_k, RH, RW, r_row,
-                               sr_r, rel_center, a0, a1)
-        if MASK_MODE != 0:
-            visit = tl.max(ok.to(tl.int32)) > 0  # no kept pair in the tile: K/V never read
-        else:
-            visit = True
+        ky, kx, k_real, k_ok, ka, kb, ok, bias, visit = _key_block(
+            PATTERN, MASK_OOB, MASK_MODE, HAS_BIAS, g, offs_n, n, c0, c1, c2, idx_base, si_k,
+            q_ok, qa, qb, qflat, m_base, sm_q, sm_k, RH, RW, r_row, sr_r, rel_center,
+            a0, a1, a2, a3, a4, a5, a6, a7, Hq, Wq, H, W)
         if visit:
             kT = _load_cols(k_base, ky, kx, k_real, offs_dqk, sk_y, sk_x, sk_d, D_QK, BLOCK_DQK,
                             UPCAST_DOT)
@@ -463,19 +478,10 @@ def _bwd_dq(
     n, c0, c1, c2 = _key_span(PATTERN, g, a0, a1, a2, a3, a4, a5, a6, a7, Hq, Wq, H, W, BLOCK_M)
     for start_n in range(0, n, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        ky, kx, k_list, k_real, ka, kb = _keys(PATTERN, g, offs_n, n, c0, c1, c2, idx_base, si_k,
-                                               a0, a1, a2, a3, a4, a5, a6, a7, Hq, Wq, H, W)
-        if MASK_OOB:
-            k_ok = k_real
-        else:
-            k_ok = k_list
-        ok, bias = _pair_terms(PATTERN, MASK_MODE, HAS_BIAS, False, q_ok, qa, qb, qflat,
-                               k_ok, ka, kb, ky * W + kx, m_base, sm_q, sm_k, RH, RW, r_row,
-                               sr_r, rel_center, a0, a1)
-        if MASK_MODE != 0:
-            visit = tl.max(ok.to(tl.int32)) > 0
-        else:
-            visit = True
+        ky, kx, k_real, k_ok, ka, kb, ok, bias, visit = _key_block(
+            PATTERN, MASK_OOB, MASK_MODE, HAS_BIAS, g, offs_n, n, c0, c1, c2, idx_base, si_k,
+            q_ok, qa, qb, qflat, m_base, sm_q, sm_k, RH, RW, r_row, sr_r, rel_center,
+            a0, a1, a2, a3, a4, a5, a6, a7, Hq, Wq, H, W)
         if visit:
             k = _load_rows(k_base, ky, kx, k_real, offs_dqk, sk_y, sk_x, sk_d, D_QK, BLOCK_DQK,
                            UPCAST_DOT)
@@ -783,7 +789,7 @@ class Pattern:
 
     def __init__(self, kind, args, q_grid, k_grid, scale, fwd, dq, dkdv, *, mask_oob=False,
                  index=None, mask=None, mask_mode=0, fuse_dq=False):
-        self.kind, self.scale = kind, float(scale)
+        self.kind, self.scale = getattr(kind, "value", kind), float(scale)
         self.args = tuple(int(a) for a in args) + (0,) * (8 - len(args))
         self.Hq, self.Wq = q_grid
         self.H, self.W = k_grid
