@@ -1,0 +1,635 @@
+"""The training engine: mmengine's Runner driving timm's model, data, augmentation, optimizer
+and scheduler factories.
+
+What mmengine brings: the epoch loop, hooks, DDP through ``torchrun`` (``launcher='pytorch'``),
+checkpoints with resume, EMA, logging backends (JSON scalars, wandb). What it gets wrong on torch
+2.14, fixed here (``ecosystem.md`` section 2.2): resume (its local loader calls ``torch.load``
+without ``weights_only`` while its checkpoints pickle message-hub objects), DDP on the CPU
+(``launcher='pytorch'`` calls ``torch.cuda.set_device``), AMP on the CPU (``AmpOptimWrapper``
+asserts CUDA), and in-place checkpoint writes (a killed run would leave a truncated file).
+"""
+import logging
+import math
+import os
+import random
+import time
+
+import numpy as np
+import timm
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from mmengine.evaluator import BaseMetric
+from mmengine.hooks import Hook
+from mmengine.model import BaseDataPreprocessor, BaseModel
+from mmengine.optim import AmpOptimWrapper, OptimWrapper
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+from . import data as zoo_data
+
+_logger = logging.getLogger("backbones.training")
+
+__all__ = ["ZooClassifier", "TopKAccuracy", "build_runner", "export_weights", "train"]
+
+
+# ----------------------------------------------------------------------------------------------
+# mmengine fixes
+# ----------------------------------------------------------------------------------------------
+
+_TRUSTED_ROOTS = set()  # work dirs whose checkpoints this process wrote (full unpickling allowed)
+
+
+def _install_mmengine_fixes():
+    import mmengine.runner.runner as mm_runner
+    from mmengine.runner import CheckpointLoader
+
+    if getattr(mm_runner, "_zoo_patched", False):
+        return
+    mm_runner._zoo_patched = True
+    original_save = mm_runner.save_checkpoint
+
+    def atomic_save_checkpoint(checkpoint, filename, **kwargs):
+        """Write beside the target, then rename: a run killed mid-write leaves the previous
+        checkpoint intact instead of a truncated file."""
+        tmp = f"{filename}.tmp.{os.getpid()}"
+        try:
+            original_save(checkpoint, tmp, **kwargs)
+            os.replace(tmp, filename)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    mm_runner.save_checkpoint = atomic_save_checkpoint
+
+    def load_local(filename, map_location):
+        """Our own run checkpoints hold mmengine's message-hub objects (full unpickling); any
+        other file is loaded with ``weights_only=True``."""
+        filename = os.path.abspath(os.path.expanduser(filename))
+        if not os.path.isfile(filename):
+            raise FileNotFoundError(f"checkpoint {filename} not found")
+        trusted = any(filename.startswith(root + os.sep) for root in _TRUSTED_ROOTS)
+        return torch.load(filename, map_location=map_location, weights_only=not trusted)
+
+    CheckpointLoader.register_scheme(prefixes="", loader=load_local, force=True)
+
+
+class CpuAmpOptimWrapper(OptimWrapper):
+    """bf16 autocast on the CPU (mmengine's AmpOptimWrapper asserts a GPU)."""
+
+    def optim_context(self, model):
+        import contextlib
+        stack = contextlib.ExitStack()
+        stack.enter_context(super().optim_context(model))
+        stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+        return stack
+
+
+# ----------------------------------------------------------------------------------------------
+# Model, data preprocessor, metric
+# ----------------------------------------------------------------------------------------------
+
+class ImagePreprocessor(BaseDataPreprocessor):
+    """(images, labels) batches to the device, channels-last when asked."""
+
+    def __init__(self, channels_last=False):
+        super().__init__()
+        self.channels_last = channels_last
+
+    def forward(self, data, training=False):
+        inputs, labels = data[0], data[1]
+        inputs = self.cast_data(inputs)
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return dict(inputs=inputs, labels=self.cast_data(labels))
+
+
+class ZooClassifier(BaseModel):
+    """mmengine's model interface around a timm classifier (``self.net``): ``mode='loss'`` applies
+    mixup / cutmix and the matching loss, ``mode='predict'`` returns logits for the metric."""
+
+    def __init__(self, net, mixup_fn=None, smoothing=0.0, channels_last=False, compile=False):
+        super().__init__(data_preprocessor=ImagePreprocessor(channels_last))
+        self.net = net
+        self.mixup_fn = mixup_fn
+        if mixup_fn is not None:
+            # mixup builds soft (smoothed) targets itself
+            self.train_loss = SoftTargetCrossEntropy()
+        elif smoothing:
+            self.train_loss = LabelSmoothingCrossEntropy(smoothing=smoothing)
+        else:
+            self.train_loss = nn.CrossEntropyLoss()
+        # compiled callable kept out of the module tree so state_dict keys stay timm's
+        object.__setattr__(self, "_forward_net", torch.compile(net) if compile else net)
+
+    def forward(self, inputs, labels=None, mode="tensor"):
+        if mode == "loss":
+            targets = labels
+            if self.mixup_fn is not None:
+                inputs, targets = self.mixup_fn(inputs, labels)
+            return dict(loss=self.train_loss(self._forward_net(inputs), targets))
+        logits = self._forward_net(inputs)
+        if mode == "predict":
+            return [dict(logits=logits.detach().float(), labels=labels)]
+        return logits
+
+
+class TopKAccuracy(BaseMetric):
+    """Top-1 / top-5 accuracy in percent (``accuracy/top1``, ``accuracy/top5``)."""
+
+    default_prefix = "accuracy"
+
+    def process(self, data_batch, data_samples):
+        for sample in data_samples:
+            logits, labels = sample["logits"], sample["labels"].to(sample["logits"].device)
+            k = min(5, logits.shape[-1])
+            top = logits.topk(k, dim=-1).indices
+            hit = top == labels[:, None]
+            self.results.append((labels.numel(), hit[:, :1].any(1).sum().item(),
+                                 hit.any(1).sum().item()))
+
+    def compute_metrics(self, results):
+        n = sum(r[0] for r in results)
+        return dict(top1=100.0 * sum(r[1] for r in results) / max(n, 1),
+                    top5=100.0 * sum(r[2] for r in results) / max(n, 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# Hooks
+# ----------------------------------------------------------------------------------------------
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def _ema_hook(runner):
+    from mmengine.hooks import EMAHook
+    return next((h for h in runner.hooks if isinstance(h, EMAHook)), None)
+
+
+class TimmSchedulerHook(Hook):
+    """Drives a timm scheduler exactly as timm's train.py does: ``step(epoch)`` at epoch
+    boundaries, ``step_update(num_updates)`` after every optimizer update. Its lr is a function
+    of (epoch, update), so a resumed run picks up where it stopped."""
+
+    priority = "VERY_HIGH"
+
+    def __init__(self, scheduler, accum_steps):
+        self.scheduler, self.accum_steps = scheduler, accum_steps
+
+    def before_train_epoch(self, runner):
+        self.scheduler.step(runner.epoch)
+        self.scheduler.step_update(num_updates=runner.iter // self.accum_steps)
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if (runner.iter + 1) % self.accum_steps == 0:
+            self.scheduler.step_update(num_updates=(runner.iter + 1) // self.accum_steps)
+
+
+class EpochSeedHook(Hook):
+    """Reseeds torch / numpy / random at every epoch from (seed, epoch, rank), so an epoch's
+    augmentation, mixup and drop-path draws depend on nothing else: a run resumed at an epoch
+    boundary continues exactly as the unbroken run (validation draws no longer shift them)."""
+
+    priority = "VERY_HIGH"
+
+    def __init__(self, seed):
+        self.seed = int(seed)
+
+    def before_train_epoch(self, runner):
+        s = (self.seed * 1_000_003 + runner.epoch * 7919 + runner.rank) % (2 ** 31)
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
+
+
+class MaxStepsHook(Hook):
+    """Ends each epoch after ``max_steps`` iterations (smoke tests, quick looks)."""
+
+    def __init__(self, max_steps):
+        self.max_steps = int(max_steps)
+
+    def before_train_epoch(self, runner):
+        loop = runner.train_loop
+        if not hasattr(loop, "_zoo_full_loader"):
+            loop._zoo_full_loader = loop.dataloader
+        loop.dataloader = _FirstBatches(loop._zoo_full_loader, self.max_steps)
+
+
+class _FirstBatches:
+    def __init__(self, loader, n):
+        self.loader, self.n = loader, n
+        self.sampler, self.batch_sampler, self.dataset = loader.sampler, loader.batch_sampler, \
+            loader.dataset
+
+    def __len__(self):
+        return min(self.n, len(self.loader))
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if i >= self.n:
+                break
+            yield batch
+
+
+class ProgressHook(Hook):
+    """A progress bar per epoch (loss, lr, images/s) and a one-line summary per epoch."""
+
+    priority = "LOW"
+
+    def __init__(self, max_epochs, skip_counter=None, enabled=True):
+        self.max_epochs, self.skip_counter, self.enabled = max_epochs, skip_counter, enabled
+        self.bar = None
+
+    def before_train_epoch(self, runner):
+        self.t0, self.images, self.losses = time.perf_counter(), 0, []
+        if self.enabled and runner.rank == 0:
+            from tqdm import tqdm
+            self.bar = tqdm(total=len(runner.train_loop.dataloader), leave=False, dynamic_ncols=True,
+                            desc=f"epoch {runner.epoch + 1}/{self.max_epochs}")
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        n = len(data_batch[1]) * runner.world_size
+        self.images += n
+        loss = float(outputs["loss"].detach()) if outputs and "loss" in outputs else float("nan")
+        self.losses.append(loss)
+        if self.bar is not None:
+            rate = self.images / max(time.perf_counter() - self.t0, 1e-9)
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{runner.optim_wrapper.get_lr()['lr'][0]:.3g}",
+                                 img_s=f"{rate:.1f}", refresh=False)
+            self.bar.update(1)
+
+    def after_train_epoch(self, runner):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self.train_seconds = time.perf_counter() - self.t0
+        self.train_loss = float(np.mean(self.losses)) if self.losses else float("nan")
+        self.lr = runner.optim_wrapper.get_lr()["lr"][0]
+        self.epoch = runner.epoch + 1
+        if runner.val_loop is None or self.epoch % runner.train_loop.val_interval:
+            self._summary(runner, {})
+
+    def after_val_epoch(self, runner, metrics=None):
+        if hasattr(self, "epoch"):
+            self._summary(runner, metrics or {})
+
+    def _summary(self, runner, metrics):
+        skipped = self.skip_counter.value if self.skip_counter is not None else 0
+        parts = [f"epoch {self.epoch}/{self.max_epochs}", f"train loss {self.train_loss:.4f}",
+                 f"lr {self.lr:.3g}"]
+        if "accuracy/top1" in metrics:
+            parts.append(f"val top1 {metrics['accuracy/top1']:.2f} top5 "
+                         f"{metrics['accuracy/top5']:.2f}")
+        parts += [f"{self.images / max(self.train_seconds, 1e-9):.1f} img/s",
+                  f"{self.train_seconds:.1f} s", f"skipped images {skipped}"]
+        runner.logger.info(" | ".join(parts))
+
+
+class ExportHook(Hook):
+    """Zoo ``.safetensors`` exports (EMA weights when EMA is on): the best ``keep`` epochs by
+    top-1 under ``<work_dir>/best/`` and the final weights as ``<work_dir>/<model>.safetensors``,
+    loadable with ``timm.create_model(name, pretrained=True,
+    pretrained_cfg_overlay=dict(file=...))``."""
+
+    priority = "ABOVE_NORMAL"  # after_val_epoch before EMAHook swaps the live weights back
+
+    def __init__(self, model_name, keep=3):
+        self.model_name, self.keep = model_name, keep
+        self.best = []  # (top1, epoch, path)
+        self.final_path = None
+
+    def after_val_epoch(self, runner, metrics=None):
+        if runner.rank != 0 or not metrics or "accuracy/top1" not in metrics:
+            return
+        top1, epoch = float(metrics["accuracy/top1"]), runner.epoch
+        if len(self.best) >= self.keep and top1 <= min(b[0] for b in self.best):
+            return
+        # EMAHook has swapped the EMA weights into the live model for validation
+        net = _unwrap(runner.model).net
+        path = os.path.join(runner.work_dir, "best",
+                            f"{self.model_name}_epoch{epoch:03d}_top1-{top1:.2f}.safetensors")
+        export_weights(net, path, dict(model=self.model_name, epoch=str(epoch),
+                                       top1=f"{top1:.4f}"))
+        self.best.append((top1, epoch, path))
+        self.best.sort(key=lambda b: (-b[0], b[1]))
+        for _, _, old in self.best[self.keep:]:
+            if os.path.exists(old):
+                os.remove(old)
+        self.best = self.best[:self.keep]
+
+    def after_train(self, runner):
+        if runner.rank != 0:
+            return
+        ema = _ema_hook(runner)
+        net = ema.ema_model.module.net if ema is not None else _unwrap(runner.model).net
+        self.final_path = os.path.join(runner.work_dir, f"{self.model_name}.safetensors")
+        export_weights(net, self.final_path, dict(model=self.model_name,
+                                                  epoch=str(runner.epoch),
+                                                  ema=str(ema is not None)))
+        runner.logger.info(f"final weights{' (EMA)' if ema is not None else ''}: "
+                           f"{self.final_path}")
+
+
+def export_weights(net, path, metadata=None):
+    """A timm-native state_dict as ``.safetensors``, written atomically."""
+    from safetensors.torch import save_file
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    tmp = f"{path}.tmp.{os.getpid()}"
+    save_file(state, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
+    os.replace(tmp, path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Building a run
+# ----------------------------------------------------------------------------------------------
+
+def _setup_distributed(device):
+    """(launcher, world_size, rank). Under torchrun on the CPU, gloo is initialised here so
+    that mmengine's launcher skips its CUDA-only setup."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return "none", 1, 0
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group("nccl")
+        else:
+            dist.init_process_group("gloo")
+    return "pytorch", dist.get_world_size(), dist.get_rank()
+
+
+def _resolve_device(cfg):
+    if cfg.device:
+        return torch.device(cfg.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _head_keys(net, state_dict):
+    classifier = net.pretrained_cfg.get("classifier") if hasattr(net, "pretrained_cfg") else None
+    prefixes = [classifier] if isinstance(classifier, str) else list(classifier or [])
+    return [k for k in state_dict if any(k == p or k.startswith(p + ".") for p in prefixes)]
+
+
+def load_initial_checkpoint(net, path, num_classes_given):
+    """Weights from ``path`` (official or zoo layout, through the family's filter when the model
+    is a zoo model). A head of another class count is replaced (fine-tuning) when
+    ``--num-classes`` was given, and is an error otherwise."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--initial-checkpoint {path!r} does not exist")
+    from timm.models import load_state_dict
+    from .._helpers import unwrap_checkpoint
+    state = unwrap_checkpoint(load_state_dict(path, weights_only=True))
+    module = type(net).__module__
+    if module.startswith("backbones."):
+        import importlib
+        filter_fn = getattr(importlib.import_module(module), "checkpoint_filter_fn", None)
+        if filter_fn is not None:
+            state = filter_fn(state, net)
+    own = net.state_dict()
+    mismatched = [k for k in _head_keys(net, own) if k in state and state[k].shape != own[k].shape]
+    if mismatched:
+        ckpt_classes = state[mismatched[0]].shape[0]
+        if not num_classes_given:
+            raise ValueError(
+                f"--initial-checkpoint {path} has a {ckpt_classes}-class head but the model has "
+                f"{net.num_classes} classes (from the data set); pass --num-classes "
+                f"{net.num_classes} to fine-tune with a new head, or --num-classes "
+                f"{ckpt_classes} to keep it")
+        for k in mismatched:
+            state.pop(k)
+        _logger.info("new %d-class head (checkpoint head had %d classes: %s dropped)",
+                     net.num_classes, ckpt_classes, ", ".join(mismatched))
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in mismatched]
+    if missing or unexpected:
+        raise ValueError(f"--initial-checkpoint {path} does not fit {type(net).__name__}: "
+                         f"missing {missing[:8]}, unexpected {unexpected[:8]}")
+
+
+def build_datasets(cfg, net, skip_counter):
+    """(train set, val set, number of classes, data config) with the model's preprocessing."""
+    from timm.data import create_transform, resolve_data_config
+    data_cfg = resolve_data_config(
+        args=dict(input_size=(3, cfg.img_size, cfg.img_size) if cfg.img_size else None,
+                  crop_pct=cfg.crop_pct, interpolation=cfg.interpolation, mean=cfg.mean,
+                  std=cfg.std),
+        model=net)
+    train_tf = create_transform(
+        data_cfg["input_size"], is_training=True, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio),
+        hflip=cfg.hflip, color_jitter=cfg.color_jitter, auto_augment=cfg.aa,
+        interpolation=cfg.train_interpolation, mean=data_cfg["mean"], std=data_cfg["std"],
+        re_prob=cfg.reprob, re_mode=cfg.remode, re_count=cfg.recount)
+    val_tf = create_transform(
+        data_cfg["input_size"], is_training=False, interpolation=data_cfg["interpolation"],
+        mean=data_cfg["mean"], std=data_cfg["std"], crop_pct=data_cfg["crop_pct"],
+        crop_mode=data_cfg.get("crop_mode"))
+    if cfg.data_dir is None:
+        train = zoo_data.DigitsDataset("train", cfg.digits_img_size, train_tf)
+        val = zoo_data.DigitsDataset("val", cfg.digits_img_size, val_tf)
+        return train, val, zoo_data.DIGITS_CLASSES, data_cfg
+    train = zoo_data.create_image_dataset(cfg.dataset, cfg.data_dir, cfg.train_split, train_tf,
+                                          skip_counter, is_training=True, seed=cfg.seed)
+    val = zoo_data.create_image_dataset(cfg.dataset, cfg.data_dir, cfg.val_split, val_tf,
+                                        skip_counter)
+    classes = getattr(getattr(train, "reader", None), "class_to_idx", None)
+    return train, val, len(classes) if classes else None, data_cfg
+
+
+def _count_classes(cfg):
+    if cfg.num_classes:
+        return cfg.num_classes
+    if cfg.data_dir is None:
+        return zoo_data.DIGITS_CLASSES
+    if cfg.dataset in ("", None, "folder", "imagefolder"):
+        return len(zoo_data.check_image_folder(cfg.data_dir, cfg.train_split)[1])
+    raise ValueError(f"pass --num-classes for dataset {cfg.dataset!r}")
+
+
+def create_net(cfg):
+    import backbones  # noqa: F401  (registers the zoo models)
+    name = cfg.model
+    if not timm.is_model(name):
+        raise ValueError(f"unknown model {name!r}: not a timm or zoo model name "
+                         f"(zoo models: {backbones.list_zoo_models()})")
+    kwargs = dict(cfg.model_kwargs or {})
+    if cfg.drop_path is not None:
+        kwargs["drop_path_rate"] = cfg.drop_path
+    if cfg.drop:
+        kwargs["drop_rate"] = cfg.drop
+    num_classes = _count_classes(cfg)
+    net = timm.create_model(name, pretrained=cfg.pretrained, num_classes=num_classes, **kwargs)
+    if cfg.initial_checkpoint:
+        load_initial_checkpoint(net, cfg.initial_checkpoint, bool(cfg.num_classes))
+    if cfg.grad_checkpointing:
+        net.set_grad_checkpointing(True)
+    return net
+
+
+def build_runner(cfg):
+    """An mmengine Runner for one training run described by ``cfg`` (see config.DEFAULTS)."""
+    from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, EMAHook, IterTimerHook, \
+        LoggerHook, ParamSchedulerHook, RuntimeInfoHook
+    from mmengine.runner import Runner
+    from timm.data import Mixup
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    _install_mmengine_fixes()
+    if cfg.fsdp:
+        raise NotImplementedError("--fsdp is not supported yet: train with DDP (torchrun) and "
+                                  "--grad-checkpointing to fit the large variants")
+    device = _resolve_device(cfg)
+    launcher, world_size, rank = _setup_distributed(device)
+    torch.manual_seed(cfg.seed)  # model init identical on every rank (DDP broadcasts anyway)
+    net = create_net(cfg)
+    skip_counter = zoo_data.SkipCounter()
+    train_set, val_set, _, _ = build_datasets(cfg, net, skip_counter)
+
+    mixup_fn = None
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        mixup_fn = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+                         switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode,
+                         label_smoothing=cfg.smoothing, num_classes=net.num_classes)
+    model = ZooClassifier(net, mixup_fn, cfg.smoothing, cfg.channels_last, cfg.torchcompile)
+    if cfg.channels_last:
+        net.to(memory_format=torch.channels_last)
+
+    lr = _scaled_lr(cfg, world_size)
+    optimizer = create_optimizer_v2(net, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay,
+                                    momentum=cfg.momentum, layer_decay=cfg.layer_decay,
+                                    **({"eps": cfg.opt_eps, "betas": tuple(cfg.opt_betas)}
+                                       if cfg.opt.lower() in ("adamw", "adam", "nadamw", "lamb")
+                                       else {}))
+    clip = None
+    if cfg.clip_grad:
+        clip = dict(max_norm=cfg.clip_grad) if cfg.clip_mode == "norm" else \
+            dict(type="value", clip_value=cfg.clip_grad)
+    wrapper_kwargs = dict(optimizer=optimizer, accumulative_counts=cfg.grad_accum_steps,
+                          clip_grad=clip)
+    if cfg.amp and device.type == "cuda":
+        optim_wrapper = AmpOptimWrapper(dtype=cfg.amp_dtype, **wrapper_kwargs)
+    elif cfg.amp:
+        optim_wrapper = CpuAmpOptimWrapper(**wrapper_kwargs)
+    else:
+        optim_wrapper = OptimWrapper(**wrapper_kwargs)
+
+    steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * world_size))
+    if cfg.max_train_steps:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_train_steps)
+    updates_per_epoch = max(1, steps_per_epoch // cfg.grad_accum_steps)
+    scheduler, total_epochs = create_scheduler_v2(
+        optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
+        warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, cooldown_epochs=cfg.cooldown_epochs,
+        step_on_epochs=not cfg.sched_on_updates, updates_per_epoch=updates_per_epoch)
+
+    if cfg.aug_repeats:
+        from timm.data.distributed_sampler import RepeatAugSampler
+        sampler = RepeatAugSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True,
+                                   num_repeats=cfg.aug_repeats)
+    else:
+        sampler = dict(type="DefaultSampler", shuffle=True, seed=cfg.seed)
+    loader_common = dict(num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
+                         pin_memory=device.type == "cuda",
+                         collate_fn=dict(type="default_collate"))
+    train_loader = dict(dataset=train_set, sampler=sampler, batch_size=cfg.batch_size,
+                        drop_last=True, **loader_common)
+    val_loader = dict(dataset=val_set, sampler=dict(type="DefaultSampler", shuffle=False),
+                      batch_size=cfg.validation_batch_size or cfg.batch_size, drop_last=False,
+                      **loader_common)
+
+    experiment = cfg.experiment or f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    work_dir = os.path.abspath(os.path.join(cfg.output, experiment))
+    _TRUSTED_ROOTS.add(os.path.abspath(cfg.output))
+    resume, load_from = False, None
+    if cfg.resume:
+        resume, load_from, work_dir = _resume_target(cfg, work_dir)
+    _TRUSTED_ROOTS.add(work_dir)
+
+    custom_hooks = [TimmSchedulerHook(scheduler, cfg.grad_accum_steps), EpochSeedHook(cfg.seed),
+                    ProgressHook(total_epochs, skip_counter),
+                    ExportHook(cfg.model, keep=cfg.checkpoint_hist)]
+    if cfg.max_train_steps:
+        custom_hooks.append(MaxStepsHook(cfg.max_train_steps))
+    if cfg.model_ema:
+        custom_hooks.append(EMAHook(ema_type="ExponentialMovingAverage",
+                                    momentum=1.0 - cfg.model_ema_decay, update_buffers=True))
+    vis_backends = [dict(type="LocalVisBackend")]
+    if cfg.log_wandb:
+        vis_backends.append(dict(type="WandbVisBackend",
+                                 init_kwargs=dict(project=cfg.wandb_project, name=experiment)))
+
+    runner = Runner(
+        model=model, work_dir=work_dir,
+        train_dataloader=train_loader, val_dataloader=val_loader,
+        train_cfg=dict(by_epoch=True, max_epochs=total_epochs, val_interval=cfg.val_interval),
+        val_cfg=dict(), val_evaluator=[TopKAccuracy()],
+        optim_wrapper=optim_wrapper,
+        default_hooks=dict(
+            runtime_info=RuntimeInfoHook(), timer=IterTimerHook(),
+            logger=LoggerHook(interval=cfg.log_interval),
+            param_scheduler=ParamSchedulerHook(),
+            # the lr schedule is a function of (epoch, update): no scheduler state to save
+            checkpoint=CheckpointHook(interval=1, by_epoch=True, max_keep_ckpts=cfg.checkpoint_hist,
+                                      save_last=True, save_param_scheduler=False),
+            sampler_seed=DistSamplerSeedHook()),
+        custom_hooks=custom_hooks,
+        launcher=launcher,
+        env_cfg=dict(dist_cfg=dict(backend="nccl" if device.type == "cuda" else "gloo"),
+                     cudnn_benchmark=device.type == "cuda"),
+        randomness=dict(seed=cfg.seed, deterministic=bool(cfg.deterministic)),
+        visualizer=dict(type="Visualizer", vis_backends=vis_backends,
+                        name=f"visualizer-{experiment}-{id(cfg)}"),
+        resume=resume, load_from=load_from,
+        experiment_name=f"{experiment}-{os.getpid()}-{id(cfg)}",
+        log_level="INFO",
+        cfg=dict(cfg.to_dict(), model_wrapper_cfg=dict(
+            type="MMDistributedDataParallel", broadcast_buffers=False,
+            device_ids=None if device.type != "cuda" else [torch.cuda.current_device()])),
+    )
+    runner.zoo = dict(lr=lr, steps_per_epoch=steps_per_epoch, total_epochs=total_epochs,
+                      skip_counter=skip_counter, device=device, world_size=world_size)
+    runner.logger.info(
+        f"{cfg.model}: {sum(p.numel() for p in net.parameters()) / 1e6:.2f} M params, "
+        f"{net.num_classes} classes, {len(train_set)} train / {len(val_set)} val images "
+        f"({'embedded digits' if cfg.data_dir is None else cfg.data_dir}), {world_size} "
+        f"process(es) on {device.type}, global batch {cfg.batch_size * world_size * cfg.grad_accum_steps}, "
+        f"lr {lr:.3g}, {total_epochs} epochs")
+    return runner
+
+
+def _scaled_lr(cfg, world_size):
+    from .config import scaled_lr
+    return scaled_lr(cfg, world_size)
+
+
+def _resume_target(cfg, work_dir):
+    """(resume, checkpoint file, work dir) for --resume DIR | FILE | auto."""
+    target = cfg.resume
+    if target == "auto":
+        runs = sorted((os.path.join(cfg.output, d) for d in os.listdir(cfg.output)
+                       if os.path.isfile(os.path.join(cfg.output, d, "last_checkpoint"))),
+                      key=os.path.getmtime) if os.path.isdir(cfg.output) else []
+        if not runs:
+            raise FileNotFoundError(f"--resume auto: no run with a last_checkpoint under "
+                                    f"{cfg.output!r}")
+        target = runs[-1]
+    if os.path.isdir(target):
+        marker = os.path.join(target, "last_checkpoint")
+        if not os.path.isfile(marker):
+            raise FileNotFoundError(f"--resume {target}: no last_checkpoint in it (no epoch "
+                                    "finished?)")
+        with open(marker) as f:
+            ckpt = f.read().strip()
+        return True, ckpt, os.path.abspath(target)
+    if os.path.isfile(target):
+        return True, os.path.abspath(target), os.path.dirname(os.path.abspath(target))
+    raise FileNotFoundError(f"--resume {target!r}: no such run folder or checkpoint")
+
+
+def train(cfg):
+    """Build the run and train; returns the runner (its ``zoo`` dict has the run's facts)."""
+    runner = build_runner(cfg)
+    runner.train()
+    return runner
