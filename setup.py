@@ -2,7 +2,7 @@
 import os
 import re
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -18,10 +18,12 @@ def _readme():
 
 
 FVCORE = "fvcore>=0.1.5.post20221221"  # GMAC counts in tools/benchmark.py (the papers' convention)
+# mmengine's Runner drives training; scikit-learn ships the embedded digits data set.
+TRAIN = ["mmengine>=0.10.7", "scikit-learn>=1.3", "wandb", FVCORE]
 EXTRAS = {
     "benchmark": [FVCORE],
-    "train": ["mmengine>=0.10.7", FVCORE, "wandb"],
-    "dev": ["pytest>=8", "pytest-xdist", FVCORE],
+    "train": TRAIN,
+    "dev": ["pytest>=8", "pytest-xdist"] + TRAIN,
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
@@ -34,7 +36,7 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=["backbones", "ops"],
+    packages=find_packages(include=["backbones", "backbones.*", "ops", "ops.*"]),
     install_requires=[
         "torch>=2.4",
         "torchvision",

@@ -26,7 +26,8 @@ DEFAULTS = dict(
     interpolation=None, mean=None, std=None,
     # optimizer and schedule (timm's factories)
     opt="adamw", opt_eps=1e-8, opt_betas=(0.9, 0.999), momentum=0.9, weight_decay=0.05,
-    lr=None, lr_base=5e-4, lr_base_size=512, layer_decay=None,
+    lr=None, lr_base=5e-4, lr_base_size=512, layer_decay=None, backbone_lr_scale=None,
+    weight_decay_all=False,
     sched="cosine", epochs=300, warmup_epochs=5, warmup_lr=1e-6, min_lr=1e-5,
     cooldown_epochs=0, sched_on_updates=True,
     clip_grad=None, clip_mode="norm", grad_accum_steps=1,
@@ -70,6 +71,7 @@ _VALUE_FLAGS = {
     "lr_base": (float, "base learning rate at lr_base_size"),
     "lr_base_size": (int, "global batch size lr_base refers to"),
     "layer_decay": (float, "layer-wise lr decay (fine-tuning)"),
+    "backbone_lr_scale": (float, "lr of everything but the head, relative to --lr (fine-tuning)"),
     "sched": (str, "timm scheduler (cosine, step, multistep, plateau, poly, tanh)"),
     "epochs": (int, "epochs before cool-down"), "warmup_epochs": (int, "linear warm-up epochs"),
     "warmup_lr": (float, "warm-up start lr"), "min_lr": (float, "final lr"),
@@ -104,6 +106,7 @@ _SWITCHES = {
     "amp": "mixed precision (bf16 by default; fp16 uses a grad scaler)",
     "channels_last": "channels-last memory format", "torchcompile": "torch.compile the model",
     "fsdp": "shard the model with FSDP (many GPUs; large variants)",
+    "weight_decay_all": "weight decay on every parameter, biases and norms included",
     "deterministic": "deterministic algorithms (CPU runs are deterministic anyway)",
     "log_wandb": "log to wandb (works offline with WANDB_MODE=offline)",
 }

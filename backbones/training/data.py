@@ -28,6 +28,9 @@ class SkipCounter:
         self._value = multiprocessing.get_context("fork").Value("i", 0) \
             if hasattr(os, "fork") else multiprocessing.Value("i", 0)
 
+    def __deepcopy__(self, memo):
+        return self  # mmengine deep-copies data-loader configs; the count must stay shared
+
     def add(self):
         with self._value.get_lock():
             self._value.value += 1

@@ -273,7 +273,21 @@ class ProgressHook(Hook):
         if hasattr(self, "epoch"):
             self._summary(runner, metrics or {})
 
+    def before_train(self, runner):
+        self.run_t0, self.last_metrics = time.perf_counter(), {}
+
+    def after_train(self, runner):
+        m = self.last_metrics
+        if "accuracy/top1" in m:
+            weights = "EMA" if _ema_hook(runner) is not None else "final"
+            runner.logger.info(
+                f"done in {time.perf_counter() - self.run_t0:.0f} s: top-1 {m['accuracy/top1']:.2f}, "
+                f"top-5 {m['accuracy/top5']:.2f} on the validation split ({weights} weights, "
+                f"epoch {self.epoch})")
+
     def _summary(self, runner, metrics):
+        if metrics:
+            self.last_metrics = dict(metrics)
         skipped = self.skip_counter.value if self.skip_counter is not None else 0
         parts = [f"epoch {self.epoch}/{self.max_epochs}", f"train loss {self.train_loss:.4f}",
                  f"lr {self.lr:.3g}"]
@@ -288,13 +302,14 @@ class ProgressHook(Hook):
 class ExportHook(Hook):
     """Zoo ``.safetensors`` exports (EMA weights when EMA is on): the best ``keep`` epochs by
     top-1 under ``<work_dir>/best/`` and the final weights as ``<work_dir>/<model>.safetensors``,
-    loadable with ``timm.create_model(name, pretrained=True,
-    pretrained_cfg_overlay=dict(file=...))``."""
+    loadable with ``timm.create_model(name, pretrained=True, num_classes=N,
+    pretrained_cfg_overlay=dict(file=..., num_classes=N))`` (timm drops a head whose class count
+    differs from the pretrained cfg's, so the overlay states it)."""
 
     priority = "ABOVE_NORMAL"  # after_val_epoch before EMAHook swaps the live weights back
 
-    def __init__(self, model_name, keep=3):
-        self.model_name, self.keep = model_name, keep
+    def __init__(self, model_name, keep=3, model_kwargs=None):
+        self.model_name, self.keep, self.model_kwargs = model_name, keep, dict(model_kwargs or {})
         self.best = []  # (top1, epoch, path)
         self.final_path = None
 
@@ -326,8 +341,12 @@ class ExportHook(Hook):
         export_weights(net, self.final_path, dict(model=self.model_name,
                                                   epoch=str(runner.epoch),
                                                   ema=str(ema is not None)))
-        runner.logger.info(f"final weights{' (EMA)' if ema is not None else ''}: "
-                           f"{self.final_path}")
+        n = net.num_classes
+        kwargs = "".join(f", {k}={v!r}" for k, v in self.model_kwargs.items())
+        runner.logger.info(
+            f"final weights{' (EMA)' if ema is not None else ''}: {self.final_path}; load with "
+            f"timm.create_model({self.model_name!r}, pretrained=True, num_classes={n}{kwargs}, "
+            f"pretrained_cfg_overlay=dict(file={self.final_path!r}, num_classes={n}))")
 
 
 def export_weights(net, path, metadata=None):
@@ -366,34 +385,50 @@ def _resolve_device(cfg):
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _head_keys(net, state_dict):
+def head_keys(net, state_dict):
+    """Keys of ``state_dict`` that belong to ``net``'s classifier (its pretrained_cfg says which)."""
     classifier = net.pretrained_cfg.get("classifier") if hasattr(net, "pretrained_cfg") else None
     prefixes = [classifier] if isinstance(classifier, str) else list(classifier or [])
     return [k for k in state_dict if any(k == p or k.startswith(p + ".") for p in prefixes)]
 
 
-def load_initial_checkpoint(net, path, num_classes_given):
-    """Weights from ``path`` (official or zoo layout, through the family's filter when the model
-    is a zoo model). A head of another class count is replaced (fine-tuning) when
-    ``--num-classes`` was given, and is an error otherwise."""
+def read_weights(path, use_ema=True, flag="--initial-checkpoint"):
+    """A flat state dict from a ``.safetensors`` / ``.pth`` file (EMA weights first with
+    ``use_ema``), wrapper prefixes (``module.``) removed; files are read with
+    ``weights_only=True``."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--initial-checkpoint {path!r} does not exist")
+        raise FileNotFoundError(f"{flag} {path!r} does not exist")
     from timm.models import load_state_dict
     from .._helpers import unwrap_checkpoint
-    state = unwrap_checkpoint(load_state_dict(path, weights_only=True))
+    return unwrap_checkpoint(load_state_dict(path, use_ema=use_ema, weights_only=True))
+
+
+def to_model_layout(net, state):
+    """``state`` in ``net``'s layout: a zoo family's ``checkpoint_filter_fn`` converts official
+    checkpoints (and passes zoo ones through)."""
     module = type(net).__module__
     if module.startswith("backbones."):
         import importlib
         filter_fn = getattr(importlib.import_module(module), "checkpoint_filter_fn", None)
         if filter_fn is not None:
-            state = filter_fn(state, net)
+            return filter_fn(dict(state), net)
+    return dict(state)
+
+
+def load_weights(net, state, source, num_classes_given, flag="--initial-checkpoint"):
+    """Load ``state`` (read from ``source``) into ``net``. A head of another class count is
+    replaced (fine-tuning) when ``--num-classes`` was given, and is an error otherwise; anything
+    else that does not fit is an error."""
+    state = to_model_layout(net, state)
     own = net.state_dict()
-    mismatched = [k for k in _head_keys(net, own) if k in state and state[k].shape != own[k].shape]
+    # a head of another class count (its first dim); other shape differences are errors below
+    mismatched = [k for k in head_keys(net, own) if k in state and state[k].dim() >= 1
+                  and state[k].shape[0] != own[k].shape[0]]
     if mismatched:
         ckpt_classes = state[mismatched[0]].shape[0]
         if not num_classes_given:
             raise ValueError(
-                f"--initial-checkpoint {path} has a {ckpt_classes}-class head but the model has "
+                f"{flag} {source} has a {ckpt_classes}-class head but the model has "
                 f"{net.num_classes} classes (from the data set); pass --num-classes "
                 f"{net.num_classes} to fine-tune with a new head, or --num-classes "
                 f"{ckpt_classes} to keep it")
@@ -401,11 +436,23 @@ def load_initial_checkpoint(net, path, num_classes_given):
             state.pop(k)
         _logger.info("new %d-class head (checkpoint head had %d classes: %s dropped)",
                      net.num_classes, ckpt_classes, ", ".join(mismatched))
+    wrong = [k for k, v in state.items() if k in own and k not in mismatched
+             and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise ValueError(f"{flag} {source} does not fit {type(net).__name__}: {len(wrong)} "
+                         f"tensor(s) differ in shape, e.g. {k} {tuple(state[k].shape)} in the file "
+                         f"vs {tuple(own[k].shape)} in the model (other --model-kwargs?)")
     missing, unexpected = net.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in mismatched]
     if missing or unexpected:
-        raise ValueError(f"--initial-checkpoint {path} does not fit {type(net).__name__}: "
+        raise ValueError(f"{flag} {source} does not fit {type(net).__name__}: "
                          f"missing {missing[:8]}, unexpected {unexpected[:8]}")
+
+
+def load_initial_checkpoint(net, path, num_classes_given):
+    """``--initial-checkpoint``: weights from ``path`` (official or zoo layout, EMA first)."""
+    load_weights(net, read_weights(path), path, num_classes_given)
 
 
 def build_datasets(cfg, net, skip_counter):
@@ -467,13 +514,46 @@ def create_net(cfg):
     return net
 
 
+def create_optimizer(net, cfg, lr):
+    """timm's optimizer factory: no weight decay on 1-D params, biases and
+    ``net.no_weight_decay()`` (unless ``weight_decay_all``), layer-wise decay, and, for the
+    papers' fine-tunes, a backbone lr scaled against the head's (``lr_scale`` groups, which timm's
+    schedulers honour)."""
+    from timm.optim import create_optimizer_v2, param_groups_weight_decay
+    extra = {"eps": cfg.opt_eps, "betas": tuple(cfg.opt_betas)} \
+        if cfg.opt.lower() in ("adamw", "adam", "nadamw", "lamb", "adan") else {}
+    if cfg.backbone_lr_scale is None:
+        return create_optimizer_v2(net, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay,
+                                   momentum=cfg.momentum, layer_decay=cfg.layer_decay,
+                                   filter_bias_and_bn=not cfg.weight_decay_all, **extra)
+    if cfg.layer_decay:
+        raise ValueError("backbone_lr_scale and layer_decay are two ways to lower the backbone "
+                         "lr: choose one")
+    head = set(head_keys(net, dict(net.named_parameters())))
+    if cfg.weight_decay_all:
+        groups = [dict(params=[p for p in net.parameters() if p.requires_grad],
+                       weight_decay=cfg.weight_decay)]
+    else:
+        skip = net.no_weight_decay() if hasattr(net, "no_weight_decay") else ()
+        groups = param_groups_weight_decay(net, cfg.weight_decay, no_weight_decay_list=skip)
+    params_name = {id(p): n for n, p in net.named_parameters()}
+    split = []
+    for group in groups:
+        for is_head in (True, False):
+            params = [p for p in group["params"] if (params_name[id(p)] in head) == is_head]
+            if params:
+                split.append(dict(group, params=params,
+                                  lr_scale=1.0 if is_head else cfg.backbone_lr_scale))
+    return create_optimizer_v2(split, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay,
+                               momentum=cfg.momentum, **extra)
+
+
 def build_runner(cfg):
     """An mmengine Runner for one training run described by ``cfg`` (see config.DEFAULTS)."""
     from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, EMAHook, IterTimerHook, \
         LoggerHook, ParamSchedulerHook, RuntimeInfoHook
     from mmengine.runner import Runner
     from timm.data import Mixup
-    from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
 
     _install_mmengine_fixes()
@@ -497,11 +577,7 @@ def build_runner(cfg):
         net.to(memory_format=torch.channels_last)
 
     lr = _scaled_lr(cfg, world_size)
-    optimizer = create_optimizer_v2(net, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay,
-                                    momentum=cfg.momentum, layer_decay=cfg.layer_decay,
-                                    **({"eps": cfg.opt_eps, "betas": tuple(cfg.opt_betas)}
-                                       if cfg.opt.lower() in ("adamw", "adam", "nadamw", "lamb")
-                                       else {}))
+    optimizer = create_optimizer(net, cfg, lr)
     clip = None
     if cfg.clip_grad:
         clip = dict(max_norm=cfg.clip_grad) if cfg.clip_mode == "norm" else \
@@ -545,11 +621,13 @@ def build_runner(cfg):
     resume, load_from = False, None
     if cfg.resume:
         resume, load_from, work_dir = _resume_target(cfg, work_dir)
+    else:
+        work_dir = _fresh_dir(work_dir)
     _TRUSTED_ROOTS.add(work_dir)
 
     custom_hooks = [TimmSchedulerHook(scheduler, cfg.grad_accum_steps), EpochSeedHook(cfg.seed),
                     ProgressHook(total_epochs, skip_counter),
-                    ExportHook(cfg.model, keep=cfg.checkpoint_hist)]
+                    ExportHook(cfg.model, keep=cfg.checkpoint_hist, model_kwargs=cfg.model_kwargs)]
     if cfg.max_train_steps:
         custom_hooks.append(MaxStepsHook(cfg.max_train_steps))
     if cfg.model_ema:
@@ -602,6 +680,23 @@ def build_runner(cfg):
 def _scaled_lr(cfg, world_size):
     from .config import scaled_lr
     return scaled_lr(cfg, world_size)
+
+
+def _fresh_dir(work_dir):
+    """``work_dir``, or ``work_dir-2``, ``-3``, ... when a previous run used it (a new run never
+    mixes its checkpoints and exports with an old one's); rank 0 decides for every rank."""
+    if not os.path.isdir(work_dir) or not os.listdir(work_dir):
+        choice = work_dir
+    else:
+        i = 2
+        while os.path.exists(f"{work_dir}-{i}"):
+            i += 1
+        choice = f"{work_dir}-{i}"
+    if dist.is_available() and dist.is_initialized():
+        box = [choice]
+        dist.broadcast_object_list(box, src=0)
+        choice = box[0]
+    return choice
 
 
 def _resume_target(cfg, work_dir):

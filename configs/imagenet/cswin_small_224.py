@@ -1,0 +1,10 @@
+# CSWin-S, ImageNet-1K from scratch: 8 GPUs x 256, lr 2e-3 at batch 2048, wd 0.05, drop path 0.4,
+# EMA 0.99984 (README command). Official README: 83.6 top-1.
+_base_ = ["./_base_/cswin.py"]
+model = "cswin_small_224"
+batch_size = 256
+lr_base = 2e-3
+lr_base_size = 2048
+weight_decay = 0.05
+drop_path = 0.4
+model_ema_decay = 0.99984

@@ -1,0 +1,258 @@
+"""tools/train.py and backbones.training: a few real training steps on a generated image folder and
+on the embedded digits, exact resume, DDP on the CPU, the exported weights through timm's
+pretrained path, clear errors for bad inputs, and every ImageNet recipe builds."""
+import glob
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+import backbones
+from backbones.training import build_parser, resolve_config
+from backbones.training.data import DigitsDataset
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--model", "cswin_tiny_224", "--model-kwargs", "embed_dim=16", "depths=(1,1,1,1)",
+        "num_heads=(2,2,2,2)", "split_sizes=(1,2,2,None)"]
+TINY_KWARGS = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(2, 2, 2, 2),
+                   split_sizes=(1, 2, 2, None))
+FAST = ["--img-size", "32", "--crop-pct", "1.0", "--workers", "0", "--batch-size", "8",
+        "--warmup-epochs", "0", "--log-interval", "1", "--lr", "1e-3"]
+
+
+def _image_folder(root, classes=3, train=8, val=3, size=40, seed=0):
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", train), ("val", val)):
+        for c in range(classes):
+            d = root / split / f"class_{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+                pixels[..., c % 3] = 200  # a learnable colour cue per class
+                Image.fromarray(pixels).save(d / f"{i}.png")
+    return root
+
+
+def _cfg(argv):
+    return resolve_config(build_parser().parse_args([str(a) for a in argv]))
+
+
+def _train(argv):
+    from backbones.training.engine import train
+    return train(_cfg(argv))
+
+
+def _final_state(runner):
+    from safetensors.torch import load_file
+    return load_file(glob.glob(os.path.join(runner.work_dir, "*.safetensors"))[0])
+
+
+def test_steps_on_image_folder_with_mixup_ema_drop_path(tmp_path):
+    data = _image_folder(tmp_path / "data")
+    runner = _train(TINY + FAST + ["--data-dir", data, "--output", tmp_path / "out",
+                                   "--experiment", "folder", "--epochs", "1", "--mixup", "0.8",
+                                   "--cutmix", "1.0", "--model-ema", "--model-ema-decay", "0.5",
+                                   "--drop-path", "0.1"])
+    net = runner.model.net
+    assert net.num_classes == 3 and runner.zoo["steps_per_epoch"] == 3
+    # mixup on: the loss is SoftTargetCrossEntropy on mixed targets
+    assert runner.model.mixup_fn is not None
+    assert type(runner.model.train_loss).__name__ == "SoftTargetCrossEntropy"
+    assert not hasattr(net.stages[0].blocks[0].drop_path, "drop_prob")  # linspace starts at 0
+    assert net.stages[-1].blocks[-1].drop_path.drop_prob == pytest.approx(0.1)
+    # the final export is the EMA, which differs from the live weights
+    final = _final_state(runner)
+    live = net.state_dict()
+    assert final.keys() == live.keys()
+    assert any(not torch.equal(final[k], live[k].cpu()) for k in final if k.endswith("weight"))
+    # JSON scalars: one record per logged step with loss and lr, and the validation metrics
+    scalars = glob.glob(str(tmp_path / "out" / "folder" / "*" / "vis_data" / "scalars.json"))
+    records = [json.loads(line) for line in open(scalars[0])]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    assert any("accuracy/top1" in r for r in records)
+
+
+def test_exported_weights_load_through_timm_pretrained_path(tmp_path):
+    runner = _train(TINY + FAST + ["--output", tmp_path, "--experiment", "digits", "--epochs",
+                                   "1", "--max-train-steps", "3", "--model-ema"])
+    path = glob.glob(str(tmp_path / "digits" / "cswin_tiny_224.safetensors"))[0]
+    from mmengine.hooks import EMAHook
+    ema = next(h for h in runner.hooks if isinstance(h, EMAHook)).ema_model.module.net.eval()
+    loaded = timm.create_model("cswin_tiny_224", pretrained=True, num_classes=10,
+                               pretrained_cfg_overlay=dict(file=path, num_classes=10),
+                               **TINY_KWARGS).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), ema(x), rtol=0, atol=0)
+
+
+def test_resume_continues_exactly(tmp_path):
+    from mmengine.hooks import Hook
+
+    class Stop(Hook):
+        priority = "LOWEST"  # after CheckpointHook wrote epoch_1.pth
+
+        def after_train_epoch(self, runner):
+            raise KeyboardInterrupt
+
+    common = TINY + FAST + ["--epochs", "2", "--max-train-steps", "4", "--model-ema",
+                            "--model-ema-decay", "0.9", "--drop-path", "0.1", "--mixup", "0.5",
+                            "--output", tmp_path]
+    unbroken = _train(common + ["--experiment", "unbroken"])
+
+    from backbones.training.engine import build_runner
+    interrupted = build_runner(_cfg(common + ["--experiment", "interrupted"]))
+    interrupted.register_hook(Stop())
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train()
+    assert os.path.isfile(tmp_path / "interrupted" / "epoch_1.pth")
+    resumed = _train(common + ["--experiment", "interrupted", "--resume",
+                               tmp_path / "interrupted"])
+    assert resumed.epoch == 2
+    a, b = _final_state(unbroken), _final_state(resumed)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    for k, v in unbroken.model.net.state_dict().items():
+        torch.testing.assert_close(v, resumed.model.net.state_dict()[k], rtol=0, atol=0)
+
+
+def test_torchrun_two_cpu_processes_agree(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "tools" / "train.py")] + TINY + FAST + \
+        ["--epochs", "1", "--max-train-steps", "3", "--output", str(tmp_path),
+         "--experiment", "ddp"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    lines = [line for line in out.splitlines() if "final weights checksum" in line]
+    assert len(lines) == 2, out[-3000:]
+    values = {line.split("rank ")[1].split(":")[0]: line.rsplit(" ", 1)[1] for line in lines}
+    assert set(values) == {"0", "1"} and values["0"] == values["1"], lines
+
+
+# ---------------------------------------------------------------------------- bad inputs
+
+
+def _error(argv, capsys):
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import importlib
+        train_tool = importlib.import_module("train")
+    finally:
+        sys.path.pop(0)
+    assert train_tool.main([str(a) for a in argv]) == 2
+    return capsys.readouterr().err
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path, capsys):
+    err = _error(TINY + ["--data-dir", tmp_path / "nope", "--output", tmp_path], capsys)
+    assert "does not exist" in err and "--data-dir" in err
+
+
+def test_empty_class_folder_is_a_clear_error(tmp_path, capsys):
+    data = _image_folder(tmp_path / "data", classes=2, train=2, val=1)
+    (data / "train" / "class_9").mkdir()
+    err = _error(TINY + ["--data-dir", data, "--output", tmp_path], capsys)
+    assert "class_9" in err and "holds no images" in err
+
+
+def test_unknown_model_is_a_clear_error(tmp_path, capsys):
+    err = _error(["--model", "cswin_tinyy_224", "--output", tmp_path], capsys)
+    assert "unknown model 'cswin_tinyy_224'" in err
+
+
+def test_unknown_config_key_is_a_clear_error(tmp_path, capsys):
+    err = _error(TINY + ["--cfg-options", "lerning_rate=1", "--output", tmp_path], capsys)
+    assert "lerning_rate" in err
+
+
+def test_corrupt_image_is_skipped_named_and_counted(tmp_path):
+    data = _image_folder(tmp_path / "data", classes=2, train=4, val=2)
+    bad = data / "train" / "class_1" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" * 4)
+    runner = _train(TINY + FAST + ["--data-dir", data, "--output", tmp_path, "--epochs", "1",
+                                   "--batch-size", "2"])
+    assert runner.zoo["skip_counter"].value >= 1
+    log = open(glob.glob(str(Path(runner.work_dir) / "*" / "*.log"))[0]).read()
+    assert "skipped images" in log
+
+
+def test_initial_checkpoint_class_mismatch(tmp_path, capsys):
+    from backbones.training.engine import export_weights
+    net = timm.create_model("cswin_tiny_224", num_classes=7, **TINY_KWARGS)
+    ckpt = export_weights(net, str(tmp_path / "seven.safetensors"))
+    err = _error(TINY + ["--initial-checkpoint", ckpt, "--output", tmp_path], capsys)
+    assert "7-class head" in err and "--num-classes 10" in err
+    # with --num-classes given: a new head, the rest of the weights loaded
+    runner_cfg = _cfg(TINY + FAST + ["--initial-checkpoint", ckpt, "--num-classes", "10",
+                                     "--output", tmp_path])
+    from backbones.training.engine import create_net
+    fresh = create_net(runner_cfg)
+    assert fresh.num_classes == 10
+    for k, v in net.state_dict().items():
+        if not k.startswith("head.fc."):
+            torch.testing.assert_close(fresh.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_missing_initial_checkpoint(tmp_path, capsys):
+    err = _error(TINY + ["--initial-checkpoint", tmp_path / "none.pth", "--output", tmp_path],
+                 capsys)
+    assert "none.pth" in err and "does not exist" in err
+
+
+# ---------------------------------------------------------------------------- configs
+
+
+def test_no_arguments_is_the_embedded_digits_recipe():
+    cfg = _cfg([])
+    assert cfg.data_dir is None and cfg.model == "cswin_tiny_224"
+    assert cfg.config_file.endswith(os.path.join("configs", "digits", "cswin_digits.py"))
+    ds = DigitsDataset("val", img_size=32)
+    assert len(ds) == 364 and len(DigitsDataset("train")) == 1433
+    assert ds.image(0).size == (32, 32)
+
+
+@pytest.mark.slow
+def test_every_zoo_model_has_a_recipe_that_builds(tmp_path):
+    from backbones.training.engine import build_runner
+    data = _image_folder(tmp_path / "data", classes=2, train=2, val=1)
+    names = backbones.list_zoo_models()
+    missing = [n for n in names if not (ROOT / "configs" / "imagenet" / f"{n}.py").is_file()]
+    assert not missing, f"no recipe for {missing}"
+    for name in names:
+        cfg = _cfg([ROOT / "configs" / "imagenet" / f"{name}.py", "--data-dir", data,
+                    "--workers", "0", "--output", tmp_path / "out", "--experiment", name,
+                    "--batch-size", "2", "--num-classes", "2"])
+        assert cfg.model == name
+        runner = build_runner(cfg)
+        # the recipe reached the model, the optimizer and the schedule
+        net = runner.model.net
+        assert net.stages[-1].blocks[-1].drop_path.drop_prob == pytest.approx(cfg.drop_path)
+        assert runner.zoo["total_epochs"] == cfg.epochs + cfg.cooldown_epochs
+        lrs = {g.get("lr_scale", 1.0) for g in runner.optim_wrapper.optimizer.param_groups}
+        assert lrs == ({1.0, cfg.backbone_lr_scale} if cfg.backbone_lr_scale else {1.0})
+        del runner, net
+
+
+@pytest.mark.slow
+def test_wandb_logging_offline(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    (tmp_path / "wandb").mkdir()
+    _train(TINY + FAST + ["--output", tmp_path, "--experiment", "wb", "--epochs", "1",
+                          "--max-train-steps", "2", "--log-wandb"])
+    # mmengine's wandb backend writes under the run's vis_data folder
+    runs = glob.glob(str(tmp_path / "wb" / "*" / "vis_data" / "wandb" / "offline-run-*"))
+    assert runs and glob.glob(os.path.join(runs[0], "*.wandb"))
