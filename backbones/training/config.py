@@ -43,7 +43,7 @@ DEFAULTS = dict(
     amp=False, amp_dtype="bfloat16", channels_last=False, torchcompile=False, fsdp=False,
     device=None, seed=42, deterministic=False, output="./output", experiment=None,
     checkpoint_hist=3, resume=None, log_wandb=False, wandb_project="backbone-zoo",
-    log_interval=50, val_interval=1, max_train_steps=None,
+    log_interval=50, val_interval=1, max_train_steps=None, stop_after_epochs=None,
 )
 
 # flags that take a value, as timm spells them (argparse type, help)
@@ -99,6 +99,8 @@ _VALUE_FLAGS = {
     "resume": (str, "a run folder or checkpoint to resume, or 'auto' (the newest in --output)"),
     "wandb_project": (str, "wandb project"), "log_interval": (int, "log every N steps"),
     "max_train_steps": (int, "stop each epoch after N steps (smoke tests)"),
+    "stop_after_epochs": (int, "end this job after N epochs of the schedule (a job time limit; "
+                               "--resume continues the schedule)"),
 }
 _SWITCHES = {
     "pretrained": "start from the model's pretrained weights",

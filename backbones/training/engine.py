@@ -121,6 +121,11 @@ class ZooClassifier(BaseModel):
         # compiled callable kept out of the module tree so state_dict keys stay timm's
         object.__setattr__(self, "_forward_net", torch.compile(net) if compile else net)
 
+    def init_weights(self):
+        """Nothing: the weights come from timm's constructor, ``--pretrained`` or
+        ``--initial-checkpoint``. (mmengine's default would call the init_weights() of timm
+        models that define one, e.g. ViTs, re-initialising pretrained weights.)"""
+
     def forward(self, inputs, labels=None, mode="tensor"):
         if mode == "loss":
             targets = labels
@@ -161,9 +166,171 @@ def _unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
+def _net(runner):
+    return _unwrap(runner.model).net
+
+
 def _ema_hook(runner):
-    from mmengine.hooks import EMAHook
-    return next((h for h in runner.hooks if isinstance(h, EMAHook)), None)
+    return next((h for h in runner.hooks if isinstance(h, ModelEmaHook)), None)
+
+
+def _is_sharded(t):
+    from torch.distributed.tensor import DTensor
+    return isinstance(t, DTensor)
+
+
+def full_state(state):
+    """``state`` with every FSDP-sharded (DTensor) entry gathered into a full CPU tensor; a
+    collective under FSDP, so every rank must call it."""
+    return {k: (v.full_tensor() if _is_sharded(v) else v).detach().cpu() for k, v in state.items()}
+
+
+def like(full, target):
+    """``full`` laid out as ``target``: sharded the same way when ``target`` is an FSDP DTensor
+    (a collective then), on its device and dtype otherwise."""
+    if _is_sharded(target):
+        from torch.distributed.tensor import distribute_tensor
+        return distribute_tensor(full.to(target.device, target.dtype), target.device_mesh,
+                                 target.placements)
+    return full.to(target.device, target.dtype)
+
+
+class ModelEmaHook(Hook):
+    """An exponential moving average of the weights (and floating buffers), updated after every
+    optimizer update with ``ema = decay * ema + (1 - decay) * live`` (timm's ModelEma), swapped in
+    for validation, saved in checkpoints (``ema_state_dict``) and restored on resume. It keeps
+    tensors shaped like the live ones, local shards under FSDP (which cannot deep-copy a model,
+    so mmengine's EMAHook does not work there)."""
+
+    priority = "NORMAL"
+
+    def __init__(self, decay, accum_steps=1):
+        self.decay, self.accum_steps = float(decay), accum_steps
+        self.ema = None
+        self._full = None
+
+    def before_run(self, runner):
+        self.ema = {k: v.detach().clone() for k, v in _net(runner).state_dict().items()
+                    if v.is_floating_point()}
+
+    @torch.no_grad()
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if (runner.iter + 1) % self.accum_steps:
+            return
+        live = _net(runner).state_dict()
+        for k, avg in self.ema.items():
+            avg.lerp_(live[k].detach(), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def _swap(self, runner):
+        live = _net(runner).state_dict()
+        for k, avg in self.ema.items():
+            tmp = live[k].detach().clone()
+            live[k].copy_(avg)
+            avg.copy_(tmp)
+
+    def before_val_epoch(self, runner):
+        self._swap(runner)
+
+    def after_val_epoch(self, runner, metrics=None):
+        self._swap(runner)
+
+    def after_train_epoch(self, runner):
+        # every rank gathers (a collective under FSDP); rank 0 saves
+        self._full = full_state(self.ema)
+
+    def before_save_checkpoint(self, runner, checkpoint):
+        checkpoint["ema_state_dict"] = self._full if self._full is not None \
+            else full_state(self.ema)
+
+    @torch.no_grad()
+    def after_load_checkpoint(self, runner, checkpoint):
+        if self.ema is None or "ema_state_dict" not in checkpoint:
+            return
+        saved = checkpoint["ema_state_dict"]
+        for k, avg in self.ema.items():
+            avg.copy_(like(saved[k], avg))
+
+    def full_ema(self):
+        return full_state(self.ema)
+
+
+class ShardedCheckpointHook(Hook):
+    """FSDP checkpoints in the plain layout: the sharded model and optimizer state are gathered
+    on every rank before the (rank-0) CheckpointHook writes them, and scattered back into shards
+    when a run resumes, so an FSDP checkpoint is an ordinary one (resumable with another GPU
+    count, or without FSDP)."""
+
+    priority = "ABOVE_NORMAL"  # load: before the model / optimizer are filled from the file
+
+    def after_train_epoch(self, runner):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, \
+            get_optimizer_state_dict
+        net = _net(runner)
+        self._model = full_state(net.state_dict())
+        self._optim = get_optimizer_state_dict(
+            net, runner.optim_wrapper.optimizer,
+            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def before_save_checkpoint(self, runner, checkpoint):
+        checkpoint["state_dict"] = {f"net.{k}": v for k, v in self._model.items()}
+        checkpoint["optimizer"] = self._optim
+
+    @torch.no_grad()
+    def after_load_checkpoint(self, runner, checkpoint):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, \
+            set_optimizer_state_dict
+        net = _net(runner)
+        live = net.state_dict()
+        state = checkpoint["state_dict"]
+        for k, target in live.items():
+            key = f"net.{k}"
+            if key in state:
+                state[key] = like(state[key], target)
+        if "optimizer" in checkpoint and runner._resume:
+            set_optimizer_state_dict(net, runner.optim_wrapper.optimizer, checkpoint["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))
+            checkpoint["optimizer"] = runner.optim_wrapper.state_dict()
+
+
+def shard_model(net, device):
+    """FSDP2 (``fully_shard``): every block is its own all-gather unit, then the whole model."""
+    from torch.distributed.fsdp import fully_shard
+    net.to(device)
+    blocks = [m for m in net.modules() if m is not net and type(m).__name__.endswith("Block")]
+    if not blocks:
+        raise ValueError(f"--fsdp: {type(net).__name__} has no *Block modules to shard")
+    for module in blocks:
+        fully_shard(module)
+    fully_shard(net)
+    return net
+
+
+def _register_sharded_wrapper():
+    from mmengine.registry import MODEL_WRAPPERS
+    if "ZooShardedWrapper" in MODEL_WRAPPERS.module_dict:
+        return
+
+    @MODEL_WRAPPERS.register_module()
+    class ZooShardedWrapper(nn.Module):
+        """What mmengine sees of an FSDP2 model: sharding happened in place (fully_shard), so
+        this only marks the model as wrapped (no DDP on top) and forwards the steps."""
+
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def train_step(self, data, optim_wrapper):
+            return self.module.train_step(data, optim_wrapper)
+
+        def val_step(self, data):
+            return self.module.val_step(data)
+
+        def test_step(self, data):
+            return self.module.test_step(data)
+
+        def forward(self, *args, **kwargs):
+            return self.module(*args, **kwargs)
 
 
 class TimmSchedulerHook(Hook):
@@ -213,6 +380,22 @@ class MaxStepsHook(Hook):
         if not hasattr(loop, "_zoo_full_loader"):
             loop._zoo_full_loader = loop.dataloader
         loop.dataloader = _FirstBatches(loop._zoo_full_loader, self.max_steps)
+
+
+class StopAfterEpochsHook(Hook):
+    """Ends this job after ``n`` epochs (once their checkpoint is written), leaving the rest of the
+    schedule to ``--resume``: for clusters with job time limits."""
+
+    priority = "LOWEST"  # after CheckpointHook
+
+    def __init__(self, n):
+        self.n = int(n)
+
+    def after_train_epoch(self, runner):
+        if runner.epoch + 1 >= self.n:
+            runner.train_loop.stop_training = True
+            runner.logger.info(f"stopping after epoch {runner.epoch + 1} (--stop-after-epochs); "
+                               f"continue with --resume {runner.work_dir}")
 
 
 class _FirstBatches:
@@ -314,17 +497,21 @@ class ExportHook(Hook):
         self.final_path = None
 
     def after_val_epoch(self, runner, metrics=None):
-        if runner.rank != 0 or not metrics or "accuracy/top1" not in metrics:
+        if not metrics or "accuracy/top1" not in metrics:
             return
         top1, epoch = float(metrics["accuracy/top1"]), runner.epoch
         if len(self.best) >= self.keep and top1 <= min(b[0] for b in self.best):
             return
-        # EMAHook has swapped the EMA weights into the live model for validation
-        net = _unwrap(runner.model).net
+        # the EMA hook has swapped the EMA weights into the live model for validation
+        state = full_state(_net(runner).state_dict())  # every rank: a collective under FSDP
         path = os.path.join(runner.work_dir, "best",
                             f"{self.model_name}_epoch{epoch:03d}_top1-{top1:.2f}.safetensors")
-        export_weights(net, path, dict(model=self.model_name, epoch=str(epoch),
-                                       top1=f"{top1:.4f}"))
+        if runner.rank != 0:
+            self.best.append((top1, epoch, path))
+            self.best = sorted(self.best, key=lambda b: (-b[0], b[1]))[:self.keep]
+            return
+        export_weights(state, path, dict(model=self.model_name, epoch=str(epoch),
+                                         top1=f"{top1:.4f}"))
         self.best.append((top1, epoch, path))
         self.best.sort(key=lambda b: (-b[0], b[1]))
         for _, _, old in self.best[self.keep:]:
@@ -333,15 +520,17 @@ class ExportHook(Hook):
         self.best = self.best[:self.keep]
 
     def after_train(self, runner):
+        ema = _ema_hook(runner)
+        state = ema.full_ema() if ema is not None else full_state(_net(runner).state_dict())
+        if ema is not None:  # the EMA covers floating tensors; integer buffers come from the net
+            state = dict(full_state(_net(runner).state_dict()), **state)
         if runner.rank != 0:
             return
-        ema = _ema_hook(runner)
-        net = ema.ema_model.module.net if ema is not None else _unwrap(runner.model).net
         self.final_path = os.path.join(runner.work_dir, f"{self.model_name}.safetensors")
-        export_weights(net, self.final_path, dict(model=self.model_name,
-                                                  epoch=str(runner.epoch),
-                                                  ema=str(ema is not None)))
-        n = net.num_classes
+        export_weights(state, self.final_path, dict(model=self.model_name,
+                                                    epoch=str(runner.epoch),
+                                                    ema=str(ema is not None)))
+        n = _net(runner).num_classes
         kwargs = "".join(f", {k}={v!r}" for k, v in self.model_kwargs.items())
         runner.logger.info(
             f"final weights{' (EMA)' if ema is not None else ''}: {self.final_path}; load with "
@@ -349,11 +538,13 @@ class ExportHook(Hook):
             f"pretrained_cfg_overlay=dict(file={self.final_path!r}, num_classes={n}))")
 
 
-def export_weights(net, path, metadata=None):
-    """A timm-native state_dict as ``.safetensors``, written atomically."""
+def export_weights(net_or_state, path, metadata=None):
+    """A timm-native state_dict (of a model, or given) as ``.safetensors``, written
+    atomically."""
     from safetensors.torch import save_file
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    state = net_or_state if isinstance(net_or_state, dict) else net_or_state.state_dict()
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     tmp = f"{path}.tmp.{os.getpid()}"
     save_file(state, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
     os.replace(tmp, path)
@@ -550,18 +741,18 @@ def create_optimizer(net, cfg, lr):
 
 def build_runner(cfg):
     """An mmengine Runner for one training run described by ``cfg`` (see config.DEFAULTS)."""
-    from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, EMAHook, IterTimerHook, \
-        LoggerHook, ParamSchedulerHook, RuntimeInfoHook
-    from mmengine.runner import Runner
+    from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook, \
+        ParamSchedulerHook, RuntimeInfoHook
     from timm.data import Mixup
     from timm.scheduler import create_scheduler_v2
 
     _install_mmengine_fixes()
-    if cfg.fsdp:
-        raise NotImplementedError("--fsdp is not supported yet: train with DDP (torchrun) and "
-                                  "--grad-checkpointing to fit the large variants")
+    ZooRunner = _zoo_runner_class()
     device = _resolve_device(cfg)
     launcher, world_size, rank = _setup_distributed(device)
+    if cfg.fsdp and world_size < 2:
+        raise ValueError("--fsdp shards the model over processes: launch with torchrun "
+                         "--nproc_per_node N (N >= 2)")
     torch.manual_seed(cfg.seed)  # model init identical on every rank (DDP broadcasts anyway)
     net = create_net(cfg)
     skip_counter = zoo_data.SkipCounter()
@@ -575,6 +766,9 @@ def build_runner(cfg):
     model = ZooClassifier(net, mixup_fn, cfg.smoothing, cfg.channels_last, cfg.torchcompile)
     if cfg.channels_last:
         net.to(memory_format=torch.channels_last)
+    if cfg.fsdp:  # shard before the optimizer is built: it must hold the sharded parameters
+        shard_model(net, device)
+        _register_sharded_wrapper()
 
     lr = _scaled_lr(cfg, world_size)
     optimizer = create_optimizer(net, cfg, lr)
@@ -630,15 +824,18 @@ def build_runner(cfg):
                     ExportHook(cfg.model, keep=cfg.checkpoint_hist, model_kwargs=cfg.model_kwargs)]
     if cfg.max_train_steps:
         custom_hooks.append(MaxStepsHook(cfg.max_train_steps))
+    if cfg.stop_after_epochs:
+        custom_hooks.append(StopAfterEpochsHook(cfg.stop_after_epochs))
     if cfg.model_ema:
-        custom_hooks.append(EMAHook(ema_type="ExponentialMovingAverage",
-                                    momentum=1.0 - cfg.model_ema_decay, update_buffers=True))
+        custom_hooks.append(ModelEmaHook(cfg.model_ema_decay, cfg.grad_accum_steps))
+    if cfg.fsdp:
+        custom_hooks.append(ShardedCheckpointHook())
     vis_backends = [dict(type="LocalVisBackend")]
     if cfg.log_wandb:
         vis_backends.append(dict(type="WandbVisBackend",
                                  init_kwargs=dict(project=cfg.wandb_project, name=experiment)))
 
-    runner = Runner(
+    runner = ZooRunner(
         model=model, work_dir=work_dir,
         train_dataloader=train_loader, val_dataloader=val_loader,
         train_cfg=dict(by_epoch=True, max_epochs=total_epochs, val_interval=cfg.val_interval),
@@ -662,9 +859,10 @@ def build_runner(cfg):
         resume=resume, load_from=load_from,
         experiment_name=f"{experiment}-{os.getpid()}-{id(cfg)}",
         log_level="INFO",
-        cfg=dict(cfg.to_dict(), model_wrapper_cfg=dict(
-            type="MMDistributedDataParallel", broadcast_buffers=False,
-            device_ids=None if device.type != "cuda" else [torch.cuda.current_device()])),
+        cfg=dict(cfg.to_dict(), model_wrapper_cfg=dict(type="ZooShardedWrapper") if cfg.fsdp
+                 else dict(type="MMDistributedDataParallel", broadcast_buffers=False,
+                           device_ids=None if device.type != "cuda"
+                           else [torch.cuda.current_device()])),
     )
     runner.zoo = dict(lr=lr, steps_per_epoch=steps_per_epoch, total_epochs=total_epochs,
                       skip_counter=skip_counter, device=device, world_size=world_size)
@@ -675,6 +873,19 @@ def build_runner(cfg):
         f"process(es) on {device.type}, global batch {cfg.batch_size * world_size * cfg.grad_accum_steps}, "
         f"lr {lr:.3g}, {total_epochs} epochs")
     return runner
+
+
+def _zoo_runner_class():
+    from mmengine.runner import Runner
+
+    class ZooRunner(Runner):
+        def _init_model_weights(self):
+            """Nothing: the weights come from timm (constructor, --pretrained,
+            --initial-checkpoint) and are identical on every rank (same seed; DDP broadcasts at
+            wrap time). mmengine's version re-initialises timm models that define init_weights()
+            and broadcasts every tensor, which FSDP's sharded ones do not support."""
+
+    return ZooRunner
 
 
 def _scaled_lr(cfg, world_size):
