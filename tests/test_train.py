@@ -286,3 +286,16 @@ def test_wandb_logging_offline(tmp_path, monkeypatch):
     # mmengine's wandb backend writes under the run's vis_data folder
     runs = glob.glob(str(tmp_path / "wb" / "*" / "vis_data" / "wandb" / "offline-run-*"))
     assert runs and glob.glob(os.path.join(runs[0], "*.wandb"))
+
+
+def test_cpu_bf16_amp_channels_last_accumulation_clipping(tmp_path):
+    runner = _train(TINY + FAST + ["--output", tmp_path, "--epochs", "1", "--max-train-steps",
+                                   "4", "--amp", "--channels-last", "--grad-accum-steps", "2",
+                                   "--clip-grad", "0.5", "--model-ema"])
+    wrapper = runner.optim_wrapper
+    assert type(wrapper).__name__ == "CpuAmpOptimWrapper" and wrapper._accumulative_counts == 2
+    assert wrapper.clip_grad_kwargs["max_norm"] == 0.5
+    # 4 steps accumulated in pairs: 2 optimizer updates, and the lr schedule counted updates
+    assert runner.iter == 4
+    state = runner.optim_wrapper.optimizer.state
+    assert {int(s["step"]) for s in state.values()} == {2}
