@@ -885,6 +885,18 @@ def _zoo_runner_class():
             wrap time). mmengine's version re-initialises timm models that define init_weights()
             and broadcasts every tensor, which FSDP's sharded ones do not support."""
 
+        def _log_env(self, env_cfg):
+            """One line instead of mmengine's build banner and config dump (the config is
+            written to the run folder)."""
+            import mmengine
+            self.logger.info(
+                f"torch {torch.__version__}, timm {timm.__version__}, mmengine "
+                f"{mmengine.__version__}; {self._world_size} process(es), launcher "
+                f"{self._launcher}, seed {self._seed}; config: {self.work_dir}")
+
+        def get_hooks_info(self):
+            return ", ".join(type(h).__name__ for h in self.hooks)
+
     return ZooRunner
 
 
