@@ -36,9 +36,21 @@ def register_checksum(url, sha256):
     PUBLISHED_SHA256[url] = sha256.lower()
 
 
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".tar", ".ckpt")
+
+
+def cache_file_name(url):
+    """The file name a release is cached under: its URL's basename (timm's convention), or, for
+    share links whose basename names no file (OneDrive's ``.../root/content`` for every release),
+    that basename with a digest of the whole URL, so two releases never share a cache file."""
+    base = os.path.basename(urlparse(url).path)
+    if base.endswith(CHECKPOINT_SUFFIXES):
+        return base
+    return f"{base or 'download'}-{hashlib.sha256(url.encode()).hexdigest()[:16]}.pth"
+
+
 def cache_path_for(url, cache_dir=None):
-    filename = os.path.basename(urlparse(url).path)
-    return os.path.join(str(cache_dir) if cache_dir else get_cache_dir(), filename)
+    return os.path.join(str(cache_dir) if cache_dir else get_cache_dir(), cache_file_name(url))
 
 
 def _how_to_fix(model_name, url, cached_file):

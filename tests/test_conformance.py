@@ -21,6 +21,11 @@ MODELS = backbones.list_zoo_models()
 # Exact parameter counts of the official implementations (ImageNet-1k heads), counted by running
 # the official code: ../shared/specs/<family>.md, "params (counted)".
 OFFICIAL_PARAM_COUNTS = {
+    "biformer_tiny_224": 13_142_760,
+    "biformer_small_224": 25_536_232,
+    "biformer_base_224": 56_804_968,
+    "biformer_stl_224": 28_372_552,
+    "biformer_stl_nchw_224": 28_372_552,
     "cswin_tiny_224": 22_320_552,
     "cswin_small_224": 34_643_304,
     "cswin_base_224": 77_382_184,

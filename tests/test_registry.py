@@ -9,6 +9,7 @@ import pytest
 import timm
 
 import backbones
+from backbones._pretrained import cache_file_name
 from backbones._registry import register_zoo_model
 
 ZOO = backbones.list_zoo_models()
@@ -57,8 +58,8 @@ def test_default_cfgs_carry_real_sources_and_metadata(name):
     assert tags, f"{name} has no pretrained tag"
     for tag_name in tags:
         cfg = timm.models.get_pretrained_cfg(tag_name)
-        url = urlparse(cfg.url)
-        assert url.scheme == "https" and url.path.endswith((".pth", ".pt", ".safetensors", ".bin"))
+        assert urlparse(cfg.url).scheme == "https"
+        assert cache_file_name(cfg.url).endswith((".pth", ".pt", ".safetensors", ".bin"))
         assert cfg.license and cfg.paper_ids and cfg.origin_url and cfg.paper_name
         assert cfg.first_conv and cfg.classifier
         assert 0 < cfg.crop_pct <= 1 and cfg.interpolation in ("bicubic", "bilinear")
@@ -66,13 +67,22 @@ def test_default_cfgs_carry_real_sources_and_metadata(name):
 
 
 def test_release_file_names_are_unique():
-    """timm caches downloads by URL basename: two sources with one basename would collide."""
+    """Downloads are cached by file name (the URL basename, timm's convention; share links get a
+    URL digest): two sources with one cache name would collide."""
     seen = {}
     for name in ZOO:
         for tag_name in timm.list_pretrained(name + ".*"):
             url = timm.models.get_pretrained_cfg(tag_name).url
-            base = os.path.basename(urlparse(url).path)
+            base = cache_file_name(url)
             assert seen.setdefault(base, url) == url, f"{base}: {seen[base]} and {url}"
+
+
+def test_share_links_get_distinct_cache_names():
+    a = "https://api.onedrive.com/v1.0/shares/s!A/root/content"
+    b = "https://api.onedrive.com/v1.0/shares/s!B/root/content"
+    assert cache_file_name(a) != cache_file_name(b)
+    assert cache_file_name(a).startswith("content-") and cache_file_name(a).endswith(".pth")
+    assert cache_file_name("https://x.org/r/cswin_tiny_224.pth") == "cswin_tiny_224.pth"
 
 
 def test_get_family_module():
