@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, LayerNorm2d, trunc_normal_
+from timm.layers import ClassifierHead, DropPath, LayerNorm2d
 from timm.models import checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices
 
@@ -37,6 +37,7 @@ import ops
 
 from ._builder import build_zoo_model
 from ._helpers import check_image_input, unwrap_checkpoint
+from .layers import StagedBackboneMixin
 from ._registry import register_zoo_model
 
 __all__ = ["BiFormer", "BiLevelRoutingAttention", "GlobalAttention", "checkpoint_filter_fn",
@@ -312,7 +313,7 @@ class BiFormerStage(nn.Module):
         return x.permute(0, 3, 1, 2)
 
 
-class BiFormer(nn.Module):
+class BiFormer(StagedBackboneMixin, nn.Module):
     """BiFormer backbone and classifier (timm API); covers the T/S/B layout and the STL layouts.
 
     Args:
@@ -416,46 +417,6 @@ class BiFormer(nn.Module):
                                    drop_rate=drop_rate, input_fmt="NCHW")
         self.apply(self._init_weights)
 
-    @staticmethod
-    def _init_weights(m):
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-    @torch.jit.ignore
-    def no_weight_decay(self):
-        # 1-D parameters (norms, biases, layer scales) are excluded by timm's optimizer factory;
-        # BiFormer has no position tables or tokens (the official set names keys that do not exist).
-        return set()
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse=False):
-        return dict(
-            stem=r"^stem",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.downsample", (0,)),
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                (r"^norm|^feature_norms", (99999,)),
-            ])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable=True):
-        self.grad_checkpointing = enable
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self):
-        return self.head.fc
-
-    def reset_classifier(self, num_classes, global_pool=None):
-        self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool)
-
     def _check_input(self, x):
         check_image_input(x, self.in_chans, type(self).__name__, min_size=self.min_input_size)
 
@@ -506,11 +467,6 @@ class BiFormer(nn.Module):
         x = self.stages(x)
         return self.norm(x)
 
-    def forward_head(self, x, pre_logits: bool = False):
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
+from timm.layers import ClassifierHead, DropPath, Mlp
 from timm.models import checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices
 
@@ -30,6 +30,7 @@ import ops
 
 from ._builder import build_zoo_model
 from ._helpers import check_image_input, unwrap_checkpoint
+from .layers import StagedBackboneMixin
 from ._registry import register_zoo_model
 
 __all__ = ["CSWinTransformer", "checkpoint_filter_fn", "create_from_official"]
@@ -139,7 +140,7 @@ class CSWinStage(nn.Module):
         return self.blocks(x)
 
 
-class CSWinTransformer(nn.Module):
+class CSWinTransformer(StagedBackboneMixin, nn.Module):
     """CSWin Transformer backbone and classifier (timm API).
 
     Args:
@@ -199,46 +200,6 @@ class CSWinTransformer(nn.Module):
                                    drop_rate=drop_rate, input_fmt=self.output_fmt)
         self.apply(self._init_weights)
 
-    @staticmethod
-    def _init_weights(m):
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-    @torch.jit.ignore
-    def no_weight_decay(self):
-        # 1-D parameters (norms, biases) are excluded by timm's optimizer factory already; CSWin
-        # has no position tables or tokens that need excluding on top.
-        return set()
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse=False):
-        return dict(
-            stem=r"^stem",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.downsample", (0,)),
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                (r"^norm|^feature_norms", (99999,)),
-            ])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable=True):
-        self.grad_checkpointing = enable
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self):
-        return self.head.fc
-
-    def reset_classifier(self, num_classes, global_pool=None):
-        self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool)
-
     def _check_input(self, x):
         check_image_input(x, self.in_chans, type(self).__name__, min_size=3)
 
@@ -289,11 +250,6 @@ class CSWinTransformer(nn.Module):
         x = self.stages(x)
         return self.norm(x)
 
-    def forward_head(self, x, pre_logits: bool = False):
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
 
 
 # Official key -> zoo key. Official layout: models/cswin.py (classifier) and
