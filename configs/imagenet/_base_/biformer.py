@@ -6,38 +6,12 @@
 # RandAugment rand-m9-mstd0.5-inc1, colour jitter 0.4, bicubic training interpolation, random
 # erasing 0.25 (pixel, 1), Mixup 0.8 + CutMix 1.0 per batch (switch 0.5), label smoothing 0.1,
 # repeated augmentation (DeiT RASampler, 3 repeats), EMA 0.99996 (kept; the released weights are
-# the non-EMA model), AMP, seed 0, no gradient clipping.
-opt = "adamw"
-opt_eps = 1e-8
-opt_betas = (0.9, 0.999)
-weight_decay = 0.05
+# the non-EMA model), AMP, seed 0, no gradient clipping. The shared DeiT-style keys are in deit.py.
+_base_ = ["./deit.py"]
 lr_base = 5e-4
 lr_base_size = 512
-sched = "cosine"
-sched_on_updates = False  # timm's epoch scheduler, as main.py steps it
-epochs = 300
-cooldown_epochs = 10
 warmup_epochs = 5
-warmup_lr = 1e-6
-min_lr = 1e-5
-aa = "rand-m9-mstd0.5-inc1"
-color_jitter = 0.4
-scale = (0.08, 1.0)
-ratio = (3 / 4, 4 / 3)
-hflip = 0.5
 train_interpolation = "bicubic"
-reprob = 0.25
-remode = "pixel"
-recount = 1
-mixup = 0.8
-cutmix = 1.0
-mixup_prob = 1.0
-mixup_switch_prob = 0.5
-mixup_mode = "batch"
-smoothing = 0.1
 aug_repeats = 3  # main.py --repeated-aug (default on); 3 = DeiT RASampler's repeat count
-model_ema = True
 model_ema_decay = 0.99996
-amp = True
 seed = 0
-workers = 8
