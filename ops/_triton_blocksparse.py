@@ -45,6 +45,7 @@ import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
 __all__ = ["Pattern", "attention_forward", "attention_backward", "dot_precision",
+           "register_qkv_autograd",
            "WINDOW", "HALO", "NEIGHBORHOOD", "ROUTED", "DENSE", "INTERPRETED", "MIN_BLOCK"]
 
 WINDOW: tl.constexpr = tl.constexpr(0)
@@ -933,3 +934,27 @@ def attention_backward(dout, q, k, v, out, lse, pattern, rel=None, need_dq=True,
     if atomic:
         dk, dv = dk.to(k.dtype), dv.to(v.dtype)
     return dq, dk, dv, d_rh, d_rw
+
+
+def register_qkv_autograd(fwd_op, bwd_op, num_saved_inputs=3):
+    """Tie an op's forward and backward custom ops together. The forward's inputs are
+    ``(q, k, v, [index / mask tensor,] *static args, store_lse)`` and it returns ``(out, lse)``;
+    the backward op takes ``(dout, *saved inputs, out, lse, *static args, need_dq, need_dkdv)``
+    and returns ``(dq, dk, dv)``. Nothing is saved when the forward ran without ``store_lse``
+    (no gradient was asked for)."""
+
+    def setup_context(ctx, inputs, output):
+        if not inputs[-1]:
+            return
+        ctx.save_for_backward(*inputs[:num_saved_inputs], *output)
+        ctx.args = inputs[num_saved_inputs:-1]
+        ctx.num_inputs = len(inputs)
+
+    def backward(ctx, dout, dlse):
+        need = ctx.needs_input_grad[:3]
+        grads = bwd_op(dout, *ctx.saved_tensors, *ctx.args, need[0], need[1] or need[2])
+        return tuple(g if n else None for g, n in zip(grads, need)) + \
+            (None,) * (ctx.num_inputs - 3)
+
+    fwd_op.register_autograd(backward, setup_context=setup_context)
+

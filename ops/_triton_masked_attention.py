@@ -75,24 +75,7 @@ def _(dout, q, k, v, mask, out, lse, scale, need_dq, need_dkdv):
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, mask, scale, store_lse = inputs
-    if not store_lse:  # forward without grad: nothing to save
-        return
-    ctx.save_for_backward(q, k, v, mask, *output)
-    ctx.scale = scale
-
-
-def _backward_rule(ctx, dout, dlse):
-    q, k, v, mask, out, lse = ctx.saved_tensors
-    need_dq, need_dk, need_dv = ctx.needs_input_grad[:3]
-    dq, dk, dv = _masked_attention_bwd_op(dout, q, k, v, mask, out, lse, ctx.scale, need_dq,
-                                          need_dk or need_dv)
-    return (dq if need_dq else None, dk if need_dk else None, dv if need_dv else None,
-            None, None, None)
-
-
-_masked_attention_fwd_op.register_autograd(_backward_rule, setup_context=_setup_context)
+bsa.register_qkv_autograd(_masked_attention_fwd_op, _masked_attention_bwd_op, num_saved_inputs=4)
 
 
 def masked_attention_triton(q, k, v, mask, scale):

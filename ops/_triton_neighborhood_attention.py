@@ -107,24 +107,7 @@ def _(dout, q, k, v, out, lse, kernel_h, kernel_w, dilation_h, dilation_w, scale
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, *args, store_lse = inputs
-    if not store_lse:  # forward without grad: nothing to save
-        return
-    ctx.save_for_backward(q, k, v, *output)
-    ctx.args = args  # kernel_h, kernel_w, dilation_h, dilation_w, scale
-
-
-def _backward_rule(ctx, dout, dlse):
-    q, k, v, out, lse = ctx.saved_tensors
-    need_dq, need_dk, need_dv = ctx.needs_input_grad[:3]
-    dq, dk, dv = _neighborhood_attention_bwd_op(dout, q, k, v, out, lse, *ctx.args, need_dq,
-                                                need_dk or need_dv)
-    return (dq if need_dq else None, dk if need_dk else None, dv if need_dv else None,
-            None, None, None, None, None, None)
-
-
-_neighborhood_attention_fwd_op.register_autograd(_backward_rule, setup_context=_setup_context)
+bsa.register_qkv_autograd(_neighborhood_attention_fwd_op, _neighborhood_attention_bwd_op)
 
 
 def neighborhood_attention_triton(q, k, v, kernel_size, dilation, scale):

@@ -114,24 +114,7 @@ def _(dout, q, k, v, region_index, out, lse, region_h, region_w, scale, need_dq,
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, region_index, *args, store_lse = inputs
-    if not store_lse:  # forward without grad: nothing to save
-        return
-    ctx.save_for_backward(q, k, v, region_index, *output)
-    ctx.args = args  # region_h, region_w, scale
-
-
-def _backward_rule(ctx, dout, dlse):
-    q, k, v, region_index, out, lse = ctx.saved_tensors
-    need_dq, need_dk, need_dv = ctx.needs_input_grad[:3]
-    dq, dk, dv = _routed_attention_bwd_op(dout, q, k, v, region_index, out, lse, *ctx.args,
-                                          need_dq, need_dk or need_dv)
-    return (dq if need_dq else None, dk if need_dk else None, dv if need_dv else None,
-            None, None, None, None, None)
-
-
-_routed_attention_fwd_op.register_autograd(_backward_rule, setup_context=_setup_context)
+bsa.register_qkv_autograd(_routed_attention_fwd_op, _routed_attention_bwd_op, num_saved_inputs=4)
 
 
 def routed_attention_triton(q, k, v, region_index, region_size, scale):

@@ -107,24 +107,7 @@ def _(dout, q, k, v, out, lse, window_h, window_w, offset_y, offset_x, padding, 
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, *args, store_lse = inputs
-    if not store_lse:  # forward without grad: nothing to save
-        return
-    ctx.save_for_backward(q, k, v, *output)
-    ctx.args = args  # window_h, window_w, offset_y, offset_x, padding, scale
-
-
-def _backward_rule(ctx, dout, dlse):
-    q, k, v, out, lse = ctx.saved_tensors
-    need_dq, need_dk, need_dv = ctx.needs_input_grad[:3]
-    dq, dk, dv = _window_attention_bwd_op(dout, q, k, v, out, lse, *ctx.args, need_dq,
-                                          need_dk or need_dv)
-    return (dq if need_dq else None, dk if need_dk else None, dv if need_dv else None,
-            None, None, None, None, None, None, None)
-
-
-_window_attention_fwd_op.register_autograd(_backward_rule, setup_context=_setup_context)
+bsa.register_qkv_autograd(_window_attention_fwd_op, _window_attention_bwd_op)
 
 
 def window_attention_triton(q, k, v, window_size, window_offset, padding, scale):
