@@ -24,7 +24,6 @@ import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, Mlp
 from timm.models import checkpoint_seq, generate_default_cfgs
-from timm.models._features import feature_take_indices
 
 import ops
 
@@ -202,47 +201,6 @@ class CSWinTransformer(StagedBackboneMixin, nn.Module):
 
     def _check_input(self, x):
         check_image_input(x, self.in_chans, type(self).__name__, min_size=3)
-
-    def forward_intermediates(self, x, indices=None, norm=False, stop_early=False,
-                              output_fmt="NCHW", intermediates_only=False):
-        """Stage outputs (NCHW by default) and the final features.
-
-        Features are the raw outputs of each stage's last block; a model built with
-        ``feature_norms=True`` passes each through its own LayerNorm (the official dense backbone),
-        otherwise ``norm=True`` applies the final norm to the last stage's features.
-        """
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        self._check_input(x)
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        last = len(self.stages) - 1
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
-        intermediates = []
-        x = self.stem(x)
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                if self.feature_norms is not None:
-                    y = self.feature_norms[i](x)
-                elif norm and i == last:
-                    y = self.norm(x)
-                else:
-                    y = x
-                intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y)
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
-
-    def prune_intermediate_layers(self, indices=1, prune_norm=False, prune_head=True):
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[:max_index + 1]
-        if self.feature_norms is not None:
-            self.feature_norms = self.feature_norms[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
 
     def forward_features(self, x):
         self._check_input(x)

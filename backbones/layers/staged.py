@@ -3,12 +3,14 @@
 import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
+from timm.models._features import feature_take_indices
 
 
 class StagedBackboneMixin:
     """For models with ``self.stem``, ``self.stages`` (each with ``downsample`` / ``blocks`` and a
-    ``grad_checkpointing`` flag), ``self.norm`` (and optionally ``self.feature_norms``) and a
-    timm ``ClassifierHead`` as ``self.head``."""
+    ``grad_checkpointing`` flag), ``self.norm``, ``self.feature_norms`` (None or one norm per
+    stage), a timm ``ClassifierHead`` as ``self.head``, ``self.output_fmt`` (the stages' own
+    layout, ``"NHWC"`` or ``"NCHW"``) and ``self._check_input(x)``."""
 
     @staticmethod
     def _init_weights(m):
@@ -49,6 +51,50 @@ class StagedBackboneMixin:
     def reset_classifier(self, num_classes, global_pool=None):
         self.num_classes = num_classes
         self.head.reset(num_classes, pool_type=global_pool)
+
+    def forward_intermediates(self, x, indices=None, norm=False, stop_early=False,
+                              output_fmt="NCHW", intermediates_only=False):
+        """Stage outputs (NCHW by default) and the final features.
+
+        Features are the raw outputs of each stage; a model built with ``feature_norms=True``
+        passes each through its own norm (the official dense backbones), otherwise ``norm=True``
+        applies the final norm to the last stage's features.
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        self._check_input(x)
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last = len(self.stages) - 1
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
+        intermediates = []
+        x = self.stem(x)
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                if self.feature_norms is not None:
+                    y = self.feature_norms[i](x)
+                elif norm and i == last:
+                    y = self.norm(x)
+                else:
+                    y = x
+                if output_fmt != self.output_fmt:
+                    y = y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" \
+                        else y.permute(0, 2, 3, 1)
+                intermediates.append(y)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(self, indices=1, prune_norm=False, prune_head=True):
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        if self.feature_norms is not None:
+            self.feature_norms = self.feature_norms[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
 
     def forward_head(self, x, pre_logits: bool = False):
         return self.head(x, pre_logits=pre_logits)
