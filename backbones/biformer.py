@@ -678,6 +678,18 @@ PAPER_RESULTS = {
 }
 
 
+# The authors' constructor of each variant (file:function in OFFICIAL_REPO), for side-by-side
+# timing and output checks against a local clone (tools/benchmark.py --official).
+OFFICIAL_REPO = "rayleizhu/BiFormer"
+OFFICIAL_ENTRYPOINTS = {
+    "biformer_tiny_224": "models/biformer.py:biformer_tiny",
+    "biformer_small_224": "models/biformer.py:biformer_small",
+    "biformer_base_224": "models/biformer.py:biformer_base",
+    "biformer_stl_224": "models/biformer_stl.py:biformer_stl",
+    "biformer_stl_nchw_224": "models/biformer_stl_nchw.py:biformer_stl_nchw",
+}
+
+
 def _create_biformer(variant, pretrained=False, **kwargs):
     return build_zoo_model(BiFormer, variant, pretrained, num_stages=4,
                            pretrained_filter_fn=checkpoint_filter_fn, **kwargs)

@@ -348,6 +348,19 @@ PAPER_RESULTS = {
 }
 
 
+# The authors' constructor of each variant (file:function in OFFICIAL_REPO), for side-by-side
+# timing and output checks against a local clone (tools/benchmark.py --official).
+OFFICIAL_REPO = "microsoft/CSWin-Transformer"
+OFFICIAL_ENTRYPOINTS = {
+    "cswin_tiny_224": "models/cswin.py:CSWin_64_12211_tiny_224",
+    "cswin_small_224": "models/cswin.py:CSWin_64_24322_small_224",
+    "cswin_base_224": "models/cswin.py:CSWin_96_24322_base_224",
+    "cswin_base_384": "models/cswin.py:CSWin_96_24322_base_384",
+    "cswin_large_224": "models/cswin.py:CSWin_144_24322_large_224",
+    "cswin_large_384": "models/cswin.py:CSWin_144_24322_large_384",
+}
+
+
 def _create_cswin(variant, pretrained=False, **kwargs):
     return build_zoo_model(CSWinTransformer, variant, pretrained, num_stages=4,
                            pretrained_filter_fn=checkpoint_filter_fn, **kwargs)

@@ -90,6 +90,55 @@ def test_unknown_model_exits_with_a_message(bench_tool):
     assert "cswin_tiny_224" in str(exc.value.code)  # the close match is suggested
 
 
+def _fake_official_repo(root):
+    """An 'official repository' whose top-level ``ops`` package clashes with ours (as BiFormer's
+    does) and whose constructor builds a CSWin-T with its own random weights."""
+    (root / "ops").mkdir()
+    (root / "ops" / "__init__.py").write_text("WHO = 'official'\n")
+    (root / "models").mkdir()
+    (root / "models" / "fake_cswin.py").write_text(
+        "import timm\nimport torch\nfrom ops import WHO\n\n"
+        "def tiny(pretrained=False):\n"
+        "    torch.manual_seed(123)\n"
+        "    model = timm.create_model('cswin_tiny_224')\n"
+        "    model.built_with = WHO\n"
+        "    return model\n")
+    return root
+
+
+def test_import_official_sees_its_own_ops_and_leaves_ours(bench_tool, tmp_path):
+    repo = _fake_official_repo(tmp_path)
+    module = bench_tool.import_official(str(repo), "models/fake_cswin.py")
+    assert module.WHO == "official"
+    import sys
+    assert sys.modules["ops"] is ops and hasattr(ops, "routed_attention_2d")
+    assert "models" not in sys.modules and "models.fake_cswin" not in sys.modules
+
+
+def test_import_official_missing_requirement_says_what_to_do(bench_tool, tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "m.py").write_text("import fairscale_not_installed_anywhere\n")
+    with pytest.raises(ImportError, match="install the official repository's requirements"):
+        bench_tool.import_official(str(tmp_path), "models/m.py")
+
+
+def test_official_twin_rows(bench_tool, tmp_path, monkeypatch, capsys):
+    (tmp_path / "repo").mkdir()
+    repo = _fake_official_repo(tmp_path / "repo")
+    monkeypatch.setattr(backbones.cswin, "OFFICIAL_ENTRYPOINTS",
+                        {"cswin_tiny_224": "models/fake_cswin.py:tiny"})
+    rows = bench_tool.main(["--models", "cswin_tiny_224", "cswin_small_224", "--params-only",
+                            "--official", str(repo)])
+    assert [(r["model"], r["source"]) for r in rows] == [
+        ("cswin_tiny_224", "zoo"), ("cswin_tiny_224", "official"), ("cswin_small_224", "zoo")]
+    assert rows[1]["params"] == 22_320_552 and rows[1]["error"] is None
+    printed = capsys.readouterr().out
+    assert "| cswin_tiny_224 (official code) | 22.32 |" in printed
+    assert "--official: no official entrypoint is known for cswin_small_224" in printed
+    diff = float(printed.split("largest output difference ")[1].split()[0])
+    assert diff < 1e-5  # its weights went through checkpoint_filter_fn into ours
+
+
 # ----------------------------------------------------------------------------- convert
 
 @pytest.fixture

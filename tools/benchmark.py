@@ -4,6 +4,7 @@
     python tools/benchmark.py --params-only                    # params + GMACs only, quick
     python tools/benchmark.py --models 'cswin_*' --device cuda --amp bf16 --batch-sizes 1 64 256
     python tools/benchmark.py --models cswin_tiny_224 --compare --paper --csv out.csv
+    python tools/benchmark.py --models biformer_tiny_224 --official ~/src/BiFormer   # beside the authors' code
 
 GMACs: fvcore ``FlopCountAnalysis`` at batch 1 and the model's pretrained_cfg input size (or
 ``--img-size``), one multiply-add counted once (the papers' "FLOPs"), with
@@ -11,12 +12,20 @@ GMACs: fvcore ``FlopCountAnalysis`` at batch 1 and the model's pretrained_cfg in
 always counted on the PyTorch reference path of ``ops`` (the Triton kernels are invisible to a
 trace). Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (weights included); on the CPU the
 increase of resident memory over the built model, each model running in its own subprocess.
+
+``--official DIR``: also time the authors' model from a local clone of the official repository
+(the family module's ``OFFICIAL_ENTRYPOINTS``; its own requirements installed), in its own
+subprocess. That worker first loads the official model's random weights into ours through the
+family's ``checkpoint_filter_fn`` and reports the largest output difference, so both rows time the
+same function.
 """
 import argparse
 import contextlib
 import csv
 import difflib
 import fnmatch
+import importlib
+import importlib.machinery
 import json
 import os
 import re
@@ -66,6 +75,9 @@ def parse_args(argv=None):
     p.add_argument("--params-only", action="store_true", help="params and GMACs, no timing")
     p.add_argument("--compare", action="store_true",
                    help="also run timm's model of the same architecture, where timm has one")
+    p.add_argument("--official", nargs="+", metavar="DIR",
+                   help="local clones of official repositories: also time the authors' model of "
+                        "each zoo model whose family names one (OFFICIAL_ENTRYPOINTS)")
     p.add_argument("--paper", action="store_true",
                    help="add the paper's numbers (family module's PAPER_RESULTS)")
     p.add_argument("--csv", metavar="PATH", help="write one row per (model, batch size)")
@@ -123,6 +135,78 @@ def with_timm_twins(names):
         else:
             notes.append(f"--compare: timm has no twin of {name} (no TIMM_EQUIVALENTS entry)")
     return cases, notes
+
+
+def with_official_twins(names, repos):
+    """``[(name, official_repo_or_None)]``: each zoo model, then its official twin when one of
+    ``repos`` holds the file of its family's ``OFFICIAL_ENTRYPOINTS`` entry; notes for the rest."""
+    cases, notes = [], []
+    for name in names:
+        cases.append((name, None))
+        entry = family_attr(name, "OFFICIAL_ENTRYPOINTS").get(name.split(".")[0])
+        if not entry:
+            notes.append(f"--official: no official entrypoint is known for {name}")
+            continue
+        path = entry.split(":")[0]
+        found = [r for r in repos if os.path.isfile(os.path.join(r, path))]
+        if not found:
+            notes.append(f"--official: {name} needs {path} of "
+                         f"{family_attr(name, 'OFFICIAL_REPO') or 'its official repository'}; "
+                         f"none of {', '.join(repos)} has it")
+            continue
+        cases.append((name, os.path.abspath(found[0])))
+    return cases, notes
+
+
+def import_official(repo, module_path):
+    """Import ``module_path`` (``models/biformer.py``) from an official repository. Its top-level
+    packages may share names with ours (BiFormer has an ``ops``): while it imports, our modules of
+    those names are set aside and a finder resolves those names in ``repo`` first (ahead of an
+    editable install's finder); afterwards the official modules leave ``sys.modules`` again (the
+    imported code keeps its own references)."""
+    tops = {n[:-3] if n.endswith(".py") else n for n in os.listdir(repo)
+            if n.endswith(".py") or os.path.isdir(os.path.join(repo, n))}
+
+    class RepoFirst:
+        @staticmethod
+        def find_spec(fullname, path=None, target=None):
+            if fullname.split(".")[0] not in tops:
+                return None
+            return importlib.machinery.PathFinder.find_spec(
+                fullname, [repo] if "." not in fullname else path)
+
+    ours = {k: sys.modules.pop(k) for k in list(sys.modules) if k.split(".")[0] in tops}
+    finder = RepoFirst()
+    sys.meta_path.insert(0, finder)
+    try:
+        return importlib.import_module(module_path[:-3].replace("/", "."))
+    except ImportError as e:
+        raise ImportError(f"importing {module_path} from {repo} failed ({e}); install the "
+                          "official repository's requirements") from e
+    finally:
+        sys.meta_path.remove(finder)
+        for k in [k for k in sys.modules if k.split(".")[0] in tops]:
+            del sys.modules[k]
+        sys.modules.update(ours)
+
+
+def build_official(name, repo):
+    """The authors' model of zoo model ``name`` (random weights, eval mode)."""
+    family = backbones.get_family_module(name)
+    path, fn_name = family.OFFICIAL_ENTRYPOINTS[name.split(".")[0]].split(":")
+    return getattr(import_official(repo, path), fn_name)(pretrained=False).eval()
+
+
+def official_difference(name, official):
+    """Largest |official - zoo| output at batch 1 once the official model's weights are loaded
+    into ours through the family's ``checkpoint_filter_fn``: both rows time the same function."""
+    family = backbones.get_family_module(name)
+    official = official.float().cpu().eval()
+    zoo = timm.create_model(name).eval()
+    zoo.load_state_dict(family.checkpoint_filter_fn(official.state_dict(), zoo))
+    x = torch.randn(1, *zoo.pretrained_cfg["input_size"], generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode(), ops.use_backend("reference"):
+        return (official(x) - zoo(x)).abs().max().item()
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -257,14 +341,18 @@ def benchmark_model(name, settings):
     GMACs, resolution; ``error`` set when the model could not be built)."""
     torch.set_num_threads(settings["threads"])
     info = dict(kind="model", model=name, params=None, gmacs=None, uncounted=[], resolution=None,
-                error=None)
+                error=None, official_diff=None)
     try:
         cfg = timm.models.get_pretrained_cfg(name)
         kwargs = {}
         if settings["img_size"] and cfg is not None and cfg.fixed_input_size:
             kwargs["img_size"] = settings["img_size"]  # e.g. ViTs: position embeddings
-        model = timm.create_model(name, **kwargs)
-        in_chans, height, width = model.pretrained_cfg["input_size"]
+        if settings.get("official_repo"):
+            model = build_official(name, settings["official_repo"])
+        else:
+            model = timm.create_model(name, **kwargs)
+        in_chans, height, width = (cfg.input_size if settings.get("official_repo")
+                                   else model.pretrained_cfg["input_size"])
         if settings["img_size"]:
             height = width = settings["img_size"]
         input_size = (in_chans, height, width)
@@ -290,6 +378,11 @@ def benchmark_model(name, settings):
                 if settings["device"] == "cuda":
                     torch.cuda.empty_cache()
             yield case
+    if settings.get("official_repo"):  # after the timed cases: its forward would raise their memory
+        try:
+            info["official_diff"] = official_difference(name, model)
+        except Exception as e:  # noqa: BLE001
+            info["error"] = f"official/zoo output check failed: {_error(e)}"
     try:
         info["gmacs"], info["uncounted"] = count_gmacs(model, input_size)
     except ImportError as e:
@@ -390,7 +483,8 @@ def markdown_table(records, settings, paper):
         header.append("paper top-1 / params / GFLOPs")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for rec in records:
-        label = rec["model"] + (" (timm)" if rec["twin"] else "")
+        label = rec["model"] + {"timm twin": " (timm)", "official": " (official code)"}.get(
+            rec["source"], "")
         row = [label, _fmt(rec["params"] and rec["params"] / 1e6, ".2f"), _fmt(rec["gmacs"], ".3f"),
                rec["resolution"] or "–"]
         for b in batches:
@@ -401,7 +495,7 @@ def markdown_table(records, settings, paper):
                 row += [f"{case['median_ms']:.1f}", f"{case['img_per_s']:.1f}",
                         f"{case['peak_mb']:.0f}"]
         if paper:
-            row.append(paper_cell(rec["model"]) if not rec["twin"] else "–")
+            row.append(paper_cell(rec["model"]) if rec["source"] == "zoo" else "–")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -414,6 +508,9 @@ def report_notes(records, settings):
         for b, case in rec["cases"].items():
             if case["error"]:
                 notes.append(f"{rec['model']} batch {b}: {case['error']}")
+        if rec.get("official_diff") is not None:
+            notes.append(f"{rec['model']} (official code): same weights in both, largest output "
+                         f"difference {rec['official_diff']:.1e} (batch 1, float32, reference ops)")
         if rec["uncounted"]:
             notes.append(f"{rec['model']}: GMACs leave out the matmul-like ops "
                          f"{', '.join(rec['uncounted'])}")
@@ -431,7 +528,8 @@ def csv_rows(records, settings):
                     channels_last=settings["channels_last"], backend=settings["backend"] or "auto",
                     threads=settings["threads"],
                     memory=None if settings["params_only"] else memory_label(settings),
-                    paper=paper_cell(rec["model"]) if not rec["twin"] else "–", error=rec["error"])
+                    paper=paper_cell(rec["model"]) if rec["source"] == "zoo" else "–",
+                    error=rec["error"])
         if not batches:
             rows.append(base)
         for b in batches:
@@ -466,17 +564,29 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     names = resolve_models(args.models)
     cases, notes = with_timm_twins(names) if args.compare else ([(n, False) for n in names], [])
+    if args.official:
+        zoo_cases = [n for n, twin in cases if not twin and is_zoo_model(n)]
+        official, official_notes = with_official_twins(zoo_cases, args.official)
+        notes += official_notes
+        repos = {}
+        for n, repo in official:
+            repos.setdefault(n, []).append(repo)
+        cases = [(n, twin, repo) for n, twin in cases
+                 for repo in (repos.get(n, [None]) if not twin else [None])]
+    else:
+        cases = [(n, twin, None) for n, twin in cases]
     in_subprocess = args.device == "cpu" and not args.params_only
     run = benchmark_in_subprocess if in_subprocess else benchmark_model
 
     records = []
     steps_per_model = 1 if args.params_only else len(args.batch_sizes)
     with tqdm(total=len(cases) * steps_per_model, desc="benchmark", unit="case") as bar:
-        for name, twin in cases:
+        for name, twin, official_repo in cases:
             bar.set_postfix_str(name)
-            source = "timm twin" if twin else "zoo" if is_zoo_model(name) else "timm"
+            source = ("official" if official_repo else "timm twin" if twin
+                      else "zoo" if is_zoo_model(name) else "timm")
             rec = dict(model=name, twin=twin, cases={}, source=source)
-            for record in run(name, settings):
+            for record in run(name, dict(settings, official_repo=official_repo)):
                 if record["kind"] == "case":
                     rec["cases"][record["batch_size"]] = record
                     bar.update(1)
