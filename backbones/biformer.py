@@ -620,10 +620,11 @@ def golden_outputs(model, x, config):
             s, b = re.match(r"^stages\.(\d+)\.blocks\.(\d+)\.attn$", name).groups()
             bra[f"routing_idx.stages.{s}.{'blocks.' if stl else ''}{b}"] = module
     try:
-        logits = model(x)
-        outputs = {"logits": logits}
+        # One pass: forward_intermediates' final output is forward_features' (conformance suite),
+        # and the Triton path under the interpreter is slow enough to count passes.
+        final, feats = model.forward_intermediates(x)
+        outputs = {"logits": model.forward_head(final)}
         outputs.update({name: m.routing_index for name, m in bra.items()})
-        feats = model.forward_intermediates(x, intermediates_only=True)
         outputs.update({f"features.{i}": f for i, f in enumerate(feats)})
     finally:
         for m in bra.values():
