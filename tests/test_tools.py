@@ -76,6 +76,17 @@ def test_timed_case_writes_csv_and_markdown(bench_tool, tmp_path):
     assert "| cswin_tiny_224 | 22.32 |" in text
 
 
+def test_rounds_pool_the_timed_calls_of_every_round(bench_tool, capsys):
+    rows = bench_tool.main(["--models", "cswin_tiny_224", "--img-size", "32", "--batch-sizes", "1",
+                            "--iters", "2", "--warmup", "0", "--rounds", "2"])
+    assert len(rows) == 1 and rows[0]["error"] is None, rows
+    assert rows[0]["iters"] == 4  # 2 timed calls x 2 rounds, pooled
+    assert rows[0]["min_ms"] <= rows[0]["median_ms"]
+    assert "2 rounds in turn, calls pooled" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--rounds must be >= 1"):
+        bench_tool.main(["--models", "cswin_tiny_224", "--rounds", "0"])
+
+
 def test_failing_model_gets_an_error_row(bench_tool, capsys):
     rows = bench_tool.main(["--models", "cswin_tiny_224", "--params-only", "--img-size", "1"])
     assert rows[0]["params"] == 22_320_552 and rows[0]["gmacs"] is None

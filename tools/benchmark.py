@@ -66,6 +66,10 @@ def parse_args(argv=None):
     p.add_argument("--max-seconds", type=float, default=20.,
                    help="stop a case's timed calls once they took this long, after at least one "
                         "(default 20; raise it with --iters for steadier numbers on big models)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the whole list of models this many times, in turn, and pool each "
+                        "case's timed calls: rows meant to be compared (--compare, --official) "
+                        "then share the machine's load drift (default 1)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     p.add_argument("--amp", choices=("bf16", "fp16"), help="autocast dtype (default float32)")
     p.add_argument("--channels-last", action="store_true")
@@ -329,7 +333,20 @@ def time_case(model, batch, input_size, settings, rss_baseline):
     median = statistics.median(times)
     return dict(median_ms=round(median * 1e3, 3), min_ms=round(min(times) * 1e3, 3),
                 img_per_s=round(batch / median, 3), peak_mb=round(peak / 2 ** 20, 1),
-                iters=len(times))
+                iters=len(times), times_ms=[round(t * 1e3, 3) for t in times])
+
+
+def merge_rounds(cases):
+    """One case record from the same case's records of several rounds: median / min over every
+    timed call of every round, the largest peak memory."""
+    ok = [c for c in cases if not c["error"]]
+    if not ok:
+        return cases[-1]
+    times = [t for c in ok for t in c["times_ms"]]
+    median = statistics.median(times)
+    return dict(ok[-1], median_ms=round(median, 3), min_ms=min(times),
+                img_per_s=round(ok[-1]["batch_size"] / median * 1e3, 3),
+                peak_mb=max(c["peak_mb"] for c in ok), iters=len(times), times_ms=times)
 
 
 def _error(e):
@@ -446,7 +463,9 @@ def describe_machine(settings):
         return line + " | GMACs by fvcore on the reference ops path"
     return (f"{line} | {settings['bench']} | {settings['amp'] or 'fp32'}"
             f"{' channels-last' if settings['channels_last'] else ''} | warmup {settings['warmup']}, "
-            f"iters {settings['iters']} (at most {settings['max_seconds']:g} s)")
+            f"iters {settings['iters']} (at most {settings['max_seconds']:g} s)"
+            + (f" per round, {settings['rounds']} rounds in turn, calls pooled"
+               if settings.get("rounds", 1) > 1 else ""))
 
 
 def memory_label(settings):
@@ -555,12 +574,14 @@ def main(argv=None):
         return worker_main(args.worker)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("benchmark.py: error: --device cuda but torch sees no CUDA device")
-    if min(args.batch_sizes) < 1 or args.iters < 1 or args.warmup < 0:
-        raise SystemExit("benchmark.py: error: batch sizes and --iters must be >= 1, --warmup >= 0")
+    if min(args.batch_sizes) < 1 or args.iters < 1 or args.warmup < 0 or args.rounds < 1:
+        raise SystemExit("benchmark.py: error: batch sizes, --iters and --rounds must be >= 1, "
+                         "--warmup >= 0")
     settings = dict(device=args.device, batch_sizes=args.batch_sizes, bench=args.bench,
                     warmup=args.warmup, iters=args.iters, max_seconds=args.max_seconds,
                     threads=args.threads, amp=args.amp, channels_last=args.channels_last,
-                    backend=args.backend, img_size=args.img_size, params_only=args.params_only)
+                    backend=args.backend, img_size=args.img_size, params_only=args.params_only,
+                    rounds=args.rounds)
     torch.set_num_threads(args.threads)
     names = resolve_models(args.models)
     cases, notes = with_timm_twins(names) if args.compare else ([(n, False) for n in names], [])
@@ -580,20 +601,26 @@ def main(argv=None):
 
     records = []
     steps_per_model = 1 if args.params_only else len(args.batch_sizes)
-    with tqdm(total=len(cases) * steps_per_model, desc="benchmark", unit="case") as bar:
-        for name, twin, official_repo in cases:
-            bar.set_postfix_str(name)
-            source = ("official" if official_repo else "timm twin" if twin
-                      else "zoo" if is_zoo_model(name) else "timm")
-            rec = dict(model=name, twin=twin, cases={}, source=source)
-            for record in run(name, dict(settings, official_repo=official_repo)):
-                if record["kind"] == "case":
-                    rec["cases"][record["batch_size"]] = record
-                    bar.update(1)
-                else:
-                    rec.update({k: v for k, v in record.items() if k not in ("kind", "model")})
-            bar.update(steps_per_model - len(rec["cases"]))  # cases a failed model never ran
-            records.append(rec)
+    rounds = 1 if args.params_only else args.rounds
+    with tqdm(total=rounds * len(cases) * steps_per_model, desc="benchmark", unit="case") as bar:
+        for round_index in range(rounds):
+            for i, (name, twin, official_repo) in enumerate(cases):
+                bar.set_postfix_str(name)
+                source = ("official" if official_repo else "timm twin" if twin
+                          else "zoo" if is_zoo_model(name) else "timm")
+                if round_index == 0:
+                    records.append(dict(model=name, twin=twin, cases={}, source=source))
+                rec, ran = records[i], 0
+                for record in run(name, dict(settings, official_repo=official_repo)):
+                    if record["kind"] == "case":
+                        rec["cases"].setdefault(record["batch_size"], []).append(record)
+                        ran += 1
+                        bar.update(1)
+                    else:
+                        rec.update({k: v for k, v in record.items() if k not in ("kind", "model")})
+                bar.update(steps_per_model - ran)  # cases a failed model never ran
+    for rec in records:
+        rec["cases"] = {b: merge_rounds(c) for b, c in rec["cases"].items()}
 
     machine = describe_machine(settings)
     table = markdown_table(records, settings, args.paper)
