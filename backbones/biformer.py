@@ -679,6 +679,15 @@ PAPER_RESULTS = {
 }
 
 
+# What turns the classifier into the official dense backbone (BiFormer_mm): per-stage output
+# norms (``extra_norms.i``) and the dense configs' region grid (COCO n_win 16, ADE20K n_win 8);
+# used by backbones.dense.DenseBackbone(task=...).
+DENSE_BACKBONE_KWARGS = {
+    "detection": dict(feature_norms=True, n_win=16),
+    "segmentation": dict(feature_norms=True, n_win=8),
+}
+
+
 # The authors' constructor of each variant (file:function in OFFICIAL_REPO), for side-by-side
 # timing and output checks against a local clone (tools/benchmark.py --official).
 OFFICIAL_REPO = "rayleizhu/BiFormer"

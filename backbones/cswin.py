@@ -348,6 +348,15 @@ PAPER_RESULTS = {
 }
 
 
+# What turns the classifier into the official dense backbone (segmentation/backbone/
+# cswin_transformer.py): per-stage output norms (``backbone.norm1..4``); used by
+# backbones.dense.DenseBackbone(task=...).
+DENSE_BACKBONE_KWARGS = {
+    "detection": dict(feature_norms=True),
+    "segmentation": dict(feature_norms=True),
+}
+
+
 # The authors' constructor of each variant (file:function in OFFICIAL_REPO), for side-by-side
 # timing and output checks against a local clone (tools/benchmark.py --official).
 OFFICIAL_REPO = "microsoft/CSWin-Transformer"

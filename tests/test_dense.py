@@ -1,0 +1,252 @@
+"""backbones.dense: the multi-scale adapter, the segmentation heads (mmseg layout and semantics),
+sliding-window inference and the mmseg-protocol mIoU."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import backbones
+from backbones.dense import (
+    DenseBackbone, FPNHead, FPNNeck, IoUMetric, Segmentor, UPerHead, build_segmentor,
+    intersect_and_union, load_mmseg_checkpoint, slide_windows)
+from backbones.dense.adapter import dense_backbone_kwargs
+
+SMALL = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(2, 2, 4, 4))  # cswin, fast on CPU
+
+
+def _cswin_backbone(**kwargs):
+    torch.manual_seed(0)
+    return DenseBackbone("cswin_tiny_224", **dict(SMALL, **kwargs))
+
+
+# ----------------------------------------------------------------------------- adapter
+
+@pytest.mark.parametrize("name", backbones.list_zoo_models())
+def test_every_zoo_model_is_a_dense_backbone_at_an_odd_non_square_size(name):
+    """One NCHW map per stage, ceil(size / stride) each, channels as feature_info declares."""
+    torch.manual_seed(0)
+    backbone = DenseBackbone(name, task="segmentation").eval()
+    size = (77, 101)
+    with torch.no_grad():
+        feats = backbone(torch.randn(1, 3, *size))
+    assert len(feats) == len(backbone.channels) == len(backbone.strides)
+    for f, c, s in zip(feats, backbone.channels, backbone.strides):
+        assert f.shape[:2] == (1, c), (f.shape, c)
+        for n, axis in zip(f.shape[2:], size):  # families floor or ceil (LITv2: per stage)
+            assert n in (axis // s, math.ceil(axis / s)), (f.shape, s)
+        assert torch.isfinite(f).all()
+
+
+def test_task_kwargs_add_the_official_dense_norms():
+    assert dense_backbone_kwargs("cswin_tiny_224", "segmentation") == dict(feature_norms=True)
+    assert dense_backbone_kwargs("biformer_tiny_224", "detection") == dict(feature_norms=True,
+                                                                          n_win=16)
+    assert dense_backbone_kwargs("resnet18", "detection") == {}
+    with pytest.raises(ValueError, match="task must be one of"):
+        dense_backbone_kwargs("cswin_tiny_224", "panoptic")
+    plain = _cswin_backbone()
+    normed = _cswin_backbone(task="segmentation")
+    assert not any("feature_norms" in k for k in plain.state_dict())
+    assert sum("feature_norms" in k for k in normed.state_dict()) == 8  # 4 LayerNorms
+
+
+def test_timm_model_is_padded_to_its_stride_and_cropped_back():
+    backbone = DenseBackbone("resnet18").eval()
+    assert backbone.size_divisor == 32 and backbone.strides == [2, 4, 8, 16, 32]
+    x = torch.randn(1, 3, 70, 90)
+    with torch.no_grad():
+        feats = backbone(x)
+        padded = backbone.body(F.pad(x, (0, 6, 0, 26)))
+    for f, p, s in zip(feats, padded, backbone.strides):
+        assert f.shape[2:] == (math.ceil(70 / s), math.ceil(90 / s))
+        torch.testing.assert_close(f, p[..., :f.shape[2], :f.shape[3]])
+
+
+def test_frozen_stages_and_norm_eval():
+    backbone = DenseBackbone("resnet18", frozen_stages=1, norm_eval=True)
+    backbone.train()
+    frozen = [n for n, p in backbone.named_parameters() if not p.requires_grad]
+    trainable = [n for n, p in backbone.named_parameters() if p.requires_grad]
+    assert any(n.startswith("body.conv1") for n in frozen)  # stem
+    assert any(n.startswith("body.layer1") for n in frozen)  # stage 1 (feature index 1)
+    assert not any(n.startswith("body.layer2") for n in frozen)
+    assert any(n.startswith("body.layer4") for n in trainable)
+    assert all(not m.training for m in backbone.modules()
+               if isinstance(m, torch.nn.BatchNorm2d))  # norm_eval
+    with pytest.raises(ValueError, match="frozen_stages=9"):
+        DenseBackbone("resnet18", frozen_stages=9)
+
+
+def test_adapter_rejects_a_non_image_batch():
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        _cswin_backbone()(torch.randn(3, 32, 32))
+
+
+# ----------------------------------------------------------------------------- heads
+
+def test_upernet_keys_follow_mmseg():
+    seg = build_segmentor("cswin_tiny_224", num_classes=150, **SMALL)
+    keys = set(seg.state_dict())
+    for key in ["decode_head.psp_modules.0.1.conv.weight", "decode_head.psp_modules.3.1.bn.running_var",
+                "decode_head.bottleneck.conv.weight", "decode_head.lateral_convs.2.bn.weight",
+                "decode_head.fpn_convs.0.conv.weight", "decode_head.fpn_bottleneck.conv.weight",
+                "decode_head.conv_seg.weight", "decode_head.conv_seg.bias",
+                "auxiliary_head.convs.0.conv.weight", "auxiliary_head.conv_seg.weight"]:
+        assert key in keys, key
+    assert "decode_head.bottleneck.conv.bias" not in keys  # ConvModule: no bias before a norm
+    assert seg.decode_head.conv_seg.weight.shape == (150, 512, 1, 1)
+    assert seg.auxiliary_head.convs[0].conv.weight.shape == (256, 64, 3, 3)  # stage 3 of SMALL
+
+
+def test_upernet_param_count_matches_the_published_size():
+    """~31.5 M for Swin-T-like channels [96, 192, 384, 768] (ecosystem spec, mmseg's UPerHead +
+    FCN auxiliary head at 150 classes)."""
+    decode = UPerHead([96, 192, 384, 768], 150)
+    n = sum(p.numel() for p in decode.parameters())
+    assert 31.0e6 < n < 32.0e6, n
+
+
+def test_semantic_fpn_layout_and_size():
+    seg = build_segmentor("cswin_tiny_224", num_classes=150, head="semantic_fpn", **SMALL)
+    keys = set(seg.state_dict())
+    for key in ["neck.lateral_convs.0.conv.weight", "neck.lateral_convs.0.conv.bias",
+                "neck.fpn_convs.3.conv.bias", "decode_head.scale_heads.0.0.conv.weight",
+                "decode_head.scale_heads.3.4.bn.weight", "decode_head.conv_seg.weight"]:
+        assert key in keys, key
+    assert "decode_head.scale_heads.3.1.conv.weight" not in keys  # index 1 is the Upsample
+    neck_and_head = torch.nn.ModuleList([FPNNeck([96, 192, 384, 768], 256),
+                                         FPNHead([256] * 4, 150)])
+    n = sum(p.numel() for p in neck_and_head.parameters())
+    assert 4.3e6 < n < 4.45e6, n  # the ecosystem spec: ~4.3-4.4 M on Swin-T channels
+
+
+def test_upernet_forward_matches_a_step_by_step_computation():
+    torch.manual_seed(0)
+    head = UPerHead([8, 16, 32], num_classes=5, channels=12, pool_scales=(1, 2)).eval()
+    feats = [torch.randn(2, c, 32 // 2 ** i, 24 // 2 ** i) for i, c in enumerate([8, 16, 32])]
+    with torch.no_grad():
+        out = head(feats)
+
+        def up(t, size):
+            return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+        top = feats[2]
+        psp = torch.cat([top] + [up(m(top), top.shape[2:]) for m in head.psp_modules], 1)
+        lat = [head.lateral_convs[0](feats[0]), head.lateral_convs[1](feats[1]), head.bottleneck(psp)]
+        lat[1] = lat[1] + up(lat[2], lat[1].shape[2:])
+        lat[0] = lat[0] + up(lat[1], lat[0].shape[2:])
+        fused = torch.cat([head.fpn_convs[0](lat[0]), up(head.fpn_convs[1](lat[1]), (32, 24)),
+                           up(lat[2], (32, 24))], 1)
+        want = head.conv_seg(head.fpn_bottleneck(fused))
+    assert out.shape == (2, 5, 32, 24)
+    torch.testing.assert_close(out, want)
+
+
+# ----------------------------------------------------------------------------- segmentor
+
+def test_slide_windows_follow_mmseg():
+    assert slide_windows((512, 683), (512, 512), (341, 341)) == [(0, 512, 0, 512),
+                                                                 (0, 512, 171, 683)]
+    wins = slide_windows((600, 900), (512, 512), (341, 341))
+    assert len(wins) == 2 * 3 and wins[-1] == (88, 600, 388, 900)
+    assert slide_windows((100, 80), (512, 512), (341, 341)) == [(0, 100, 0, 80)]  # one crop
+
+
+def test_slide_inference_averages_overlapping_crops():
+    seg = build_segmentor("cswin_tiny_224", num_classes=4, **SMALL).eval()
+    seg.test_mode, seg.crop_size, seg.stride = "slide", (64, 64), (48, 48)
+    x = torch.randn(1, 3, 64, 112)
+    with torch.no_grad():
+        out = seg(x)
+        a = seg.encode_decode(x[..., 0:64])
+        b = seg.encode_decode(x[..., 48:112])
+    want = torch.zeros(1, 4, 64, 112)
+    want[..., 0:64] += a
+    want[..., 48:112] += b
+    want[..., 48:64] /= 2
+    torch.testing.assert_close(out, want)
+
+
+def test_loss_trains_and_rejects_bad_labels():
+    seg = build_segmentor("cswin_tiny_224", num_classes=3, **SMALL)
+    x = torch.randn(2, 3, 64, 64)
+    labels = torch.randint(0, 3, (2, 64, 64))
+    labels[:, :4] = 255
+    losses = seg.loss(x, labels)
+    assert set(losses) == {"loss_seg", "loss_aux"} and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert seg.decode_head.conv_seg.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="outside"):
+        seg.loss(x, torch.full((2, 64, 64), 7))
+    with pytest.raises(ValueError, match="do not match"):
+        seg.loss(x, labels[:, :32])
+
+
+def test_mmseg_checkpoint_roundtrip_through_the_family_filter():
+    """An mmseg file's backbone keys are official dense-layout keys (backbone.norm1..4 for CSWin);
+    the loader maps them through cswin.checkpoint_filter_fn and keeps head keys as they are."""
+    seg = build_segmentor("cswin_tiny_224", num_classes=6, **SMALL)
+    body = seg.backbone.body.model
+    official = {}
+    for k, v in body.state_dict().items():  # zoo -> official dense names (what the filter undoes)
+        if k.startswith("feature_norms."):
+            i = int(k.split(".")[1])
+            k = f"norm{i + 1}." + k.split(".", 2)[2]
+        official[k] = v.clone() + 0.5 if v.is_floating_point() else v.clone()
+    heads = {k: v.clone() + 0.25 for k, v in seg.state_dict().items()
+             if not k.startswith("backbone.") and v.is_floating_point()}
+    fresh = build_segmentor("cswin_tiny_224", num_classes=6, **SMALL)
+    zoo_keys = set(body.state_dict())
+    official_zoo = backbones.cswin.checkpoint_filter_fn(
+        {f"backbone.{k}": v for k, v in official.items()}, fresh.backbone.body.model)
+    if set(official_zoo) != zoo_keys:
+        pytest.skip("the cswin filter maps other official names; covered by its own tests")
+    load_mmseg_checkpoint(fresh, {"state_dict": {**{f"backbone.{k}": v for k, v in official.items()},
+                                                 **heads}}, strict=False)
+    got = fresh.state_dict()
+    assert torch.equal(got["decode_head.conv_seg.weight"], heads["decode_head.conv_seg.weight"])
+    assert torch.equal(got["backbone.body.model.feature_norms.0.weight"], official["norm1.weight"])
+    with pytest.raises(ValueError, match="not an mmseg checkpoint"):
+        load_mmseg_checkpoint(fresh, [1, 2])
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def test_intersect_and_union_by_hand():
+    pred = torch.tensor([[0, 0, 1], [1, 2, 2]])
+    label = torch.tensor([[0, 1, 1], [1, 2, 255]])
+    inter, union, area_pred, area_label = intersect_and_union(pred, label, 3)
+    assert inter.tolist() == [1, 2, 1]
+    assert area_pred.tolist() == [2, 2, 1]  # the pixel under label 255 is dropped
+    assert area_label.tolist() == [1, 3, 1]
+    assert union.tolist() == [2, 3, 1]
+
+
+def test_reduce_zero_label_and_dataset_level_nan_mean():
+    """ADE20K: label 0 is 'other' (ignored), classes shift down by one; IoU sums counts over the
+    data set before dividing, and a class absent everywhere is NaN, left out of the mean."""
+    metric = IoUMetric(num_classes=3, reduce_zero_label=True)
+    label1 = torch.tensor([[0, 1, 1, 2]])  # -> [255, 0, 0, 1]
+    pred1 = torch.tensor([[2, 0, 1, 1]])
+    label2 = torch.tensor([[2, 2, 1, 0]])  # -> [1, 1, 0, 255]
+    pred2 = torch.tensor([[1, 0, 0, 0]])
+    metric.update(pred1[None], label1[None])
+    metric.update(pred2[None], label2[None])
+    res = metric.compute()
+    # class 0: inter 1+1=2, pred 1+2=3, label 2+1=3 -> union 4 -> IoU 50
+    # class 1: inter 1+1=2, pred 2+1=3, label 1+2=3 -> union 4 -> IoU 50
+    # class 2: never labelled or predicted (after shifting) -> NaN
+    assert res["IoU"]["0"] == pytest.approx(50.0)
+    assert res["IoU"]["1"] == pytest.approx(50.0)
+    assert np.isnan(res["IoU"]["2"])
+    assert res["mIoU"] == pytest.approx(50.0)  # NaN class 2 left out, not counted as 0
+    assert res["aAcc"] == pytest.approx(100 * 4 / 6)
+    assert res["mAcc"] == pytest.approx((100 * 2 / 3 + 100 * 2 / 3) / 2)
+
+
+def test_metric_rejects_labels_beyond_num_classes():
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        intersect_and_union(torch.zeros(2, 2), torch.full((2, 2), 5), 3)
+    with pytest.raises(ValueError, match="differ"):
+        intersect_and_union(torch.zeros(2, 2), torch.zeros(2, 3), 3)
