@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import timm
 import torch.nn.functional as F
 
 import backbones
@@ -250,3 +251,67 @@ def test_metric_rejects_labels_beyond_num_classes():
         intersect_and_union(torch.zeros(2, 2), torch.full((2, 2), 5), 3)
     with pytest.raises(ValueError, match="differ"):
         intersect_and_union(torch.zeros(2, 2), torch.zeros(2, 3), 3)
+
+
+# ----------------------------------------------------------------------------- detection
+
+def _detection_batch(with_masks):
+    images = [torch.rand(3, 120, 150, generator=torch.Generator().manual_seed(0)),
+              torch.rand(3, 100, 128, generator=torch.Generator().manual_seed(1))]
+    targets = []
+    for image in images:
+        target = dict(boxes=torch.tensor([[10., 20., 60., 80.], [30., 10., 100., 90.]]),
+                      labels=torch.tensor([1, 3]))
+        if with_masks:
+            masks = torch.zeros(2, *image.shape[1:], dtype=torch.uint8)
+            masks[0, 20:80, 10:60] = 1
+            masks[1, 10:90, 30:100] = 1
+            target["masks"] = masks
+        targets.append(target)
+    return images, targets
+
+
+LIGHT_RCNN = dict(rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50,
+                  rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50,
+                  box_batch_size_per_image=32, rpn_batch_size_per_image=32)
+
+
+@pytest.mark.parametrize("kind", ["mask_rcnn", "faster_rcnn", "retinanet", "fcos"])
+def test_detector_trains_a_step_and_predicts(kind):
+    from backbones.dense import build_detector
+    torch.manual_seed(0)
+    detector = build_detector(kind, "cswin_tiny_224", num_classes=3, min_size=128, max_size=160,
+                              detector_kwargs=LIGHT_RCNN if "rcnn" in kind else None, **SMALL)
+    assert detector.transform.image_mean == list(
+        timm.get_pretrained_cfg("cswin_tiny_224").mean)  # the backbone's normalisation
+    images, targets = _detection_batch(kind == "mask_rcnn")
+    detector.train()
+    losses = detector(images, targets)
+    expected = {"mask_rcnn": {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness",
+                              "loss_rpn_box_reg"},
+                "faster_rcnn": {"loss_classifier", "loss_box_reg", "loss_objectness",
+                                "loss_rpn_box_reg"},
+                "retinanet": {"classification", "bbox_regression"},
+                "fcos": {"classification", "bbox_regression", "bbox_ctrness"}}[kind]
+    assert set(losses) == expected
+    sum(losses.values()).backward()
+    grads = [p.grad for p in detector.backbone.backbone.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)  # reaches the zoo backbone
+    detector.eval()
+    with torch.no_grad():
+        out = detector(images)
+    assert len(out) == 2 and {"boxes", "labels", "scores"} <= set(out[0])
+    assert (kind == "mask_rcnn") == ("masks" in out[0])
+
+
+def test_detector_fpn_levels_follow_mmdet():
+    from backbones.dense import build_detector
+    rcnn = build_detector("mask_rcnn", "cswin_tiny_224", num_classes=80, **SMALL)
+    retina = build_detector("retinanet", "cswin_tiny_224", num_classes=80, **SMALL)
+    assert rcnn.backbone.in_levels == (0, 1, 2, 3)  # all four stages + max-pooled P6
+    assert retina.backbone.in_levels == (1, 2, 3)  # start_level=1, P6/P7 on the input
+    assert retina.backbone.fpn.extra_blocks.p6.in_channels == 128  # SMALL's last stage
+    assert rcnn.roi_heads.box_predictor.cls_score.out_features == 81  # + background
+    assert (rcnn.transform.min_size, rcnn.transform.max_size) == ((800,), 1333)
+    with pytest.raises(ValueError, match="detector must be one of"):
+        build_detector("yolo", "cswin_tiny_224", num_classes=80)
