@@ -20,10 +20,14 @@ def _readme():
 FVCORE = "fvcore>=0.1.5.post20221221"  # GMAC counts in tools/benchmark.py (the papers' convention)
 # mmengine's Runner drives training; scikit-learn ships the embedded digits data set.
 TRAIN = ["mmengine>=0.10.7", "scikit-learn>=1.3", "wandb", FVCORE]
+# COCO / ADE20K transfer: pycocotools reads COCO files and computes box / mask AP.
+DENSE = ["pycocotools>=2.0.7"]
 EXTRAS = {
     "benchmark": [FVCORE],
     "train": TRAIN,
-    "dev": ["pytest>=8", "pytest-xdist"] + TRAIN,
+    "dense": TRAIN + DENSE,
+    # scikit-image ships the photos of the detection / segmentation test fixtures
+    "dev": ["pytest>=8", "pytest-xdist", "scikit-image"] + TRAIN + DENSE,
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 

@@ -8,6 +8,7 @@ ADE20K checkpoints load with :func:`load_mmseg_checkpoint`, and they compute wha
 Inference follows mmseg's ``EncoderDecoder``: whole-image or sliding-window (overlapping crops
 averaged), logits resized to the input size.
 """
+import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -166,13 +167,17 @@ class Segmentor(nn.Module):
 
     ``forward(images)`` returns logits at the input size (``mode='whole'``) or averaged over
     sliding crops (``mode='slide'``, ``crop_size`` / ``stride``); ``loss(images, labels)`` the
-    mmseg losses (cross-entropy, ``ignore_index`` 255, auxiliary weight 0.4).
+    mmseg losses (cross-entropy, ``ignore_index`` 255, auxiliary weight 0.4). Images are RGB in
+    [0, 1]; ``image_mean`` / ``image_std`` (the backbone's, set by :func:`build_segmentor`)
+    normalise them inside, as mmseg's data preprocessor does.
     """
 
     def __init__(self, backbone, decode_head, neck=None, auxiliary_head=None,
                  aux_weight=0.4, ignore_index=255, test_mode="whole", crop_size=(512, 512),
-                 stride=(341, 341)):
+                 stride=(341, 341), image_mean=(0., 0., 0.), image_std=(1., 1., 1.)):
         super().__init__()
+        self.register_buffer("image_mean", torch.tensor(image_mean).view(1, -1, 1, 1), False)
+        self.register_buffer("image_std", torch.tensor(image_std).view(1, -1, 1, 1), False)
         self.backbone = backbone
         self.neck = neck
         self.decode_head = decode_head
@@ -185,7 +190,7 @@ class Segmentor(nn.Module):
         self.test_mode, self.crop_size, self.stride = test_mode, tuple(crop_size), tuple(stride)
 
     def extract_feat(self, images):
-        feats = self.backbone(images)
+        feats = self.backbone((images - self.image_mean) / self.image_std)
         return self.neck(feats) if self.neck is not None else feats
 
     def encode_decode(self, images):
@@ -234,15 +239,17 @@ def build_segmentor(model_name, num_classes, head="upernet", pretrained=False,
     backbone_kwargs.setdefault("task", "segmentation")
     backbone = DenseBackbone(model_name, pretrained=pretrained, **backbone_kwargs)
     in_channels = backbone.channels
+    cfg = timm.get_pretrained_cfg(model_name.split(".")[0])
+    norm = dict(image_mean=tuple(cfg.mean), image_std=tuple(cfg.std)) if cfg is not None else {}
     if head == "upernet":
         decode = UPerHead(in_channels, num_classes, channels=channels or 512)
         aux = FCNHead(in_channels[2], num_classes, in_index=2) if auxiliary else None
-        return Segmentor(backbone, decode, auxiliary_head=aux)
+        return Segmentor(backbone, decode, auxiliary_head=aux, **norm)
     if head == "semantic_fpn":
         neck = FPNNeck(in_channels, 256)
         decode = FPNHead([256] * len(in_channels), num_classes,
                          feature_strides=tuple(backbone.strides), channels=channels or 128)
-        return Segmentor(backbone, decode, neck=neck)
+        return Segmentor(backbone, decode, neck=neck, **norm)
     raise ValueError(f"head must be 'upernet' or 'semantic_fpn', got {head!r}")
 
 

@@ -1,0 +1,253 @@
+"""COCO detection and ADE20K segmentation data, with the papers' (mmdet / mmseg) pipelines.
+
+COCO: an instances JSON read through pycocotools; category ids map to contiguous labels
+``1..K`` in id order (0 is background); crowd boxes are left out of training targets (mmdet
+ignores them), and images without objects are dropped from training only (mmdet's
+``filter_empty_gt``). Resizing to (800, 1333) and padding happen inside the torchvision detector;
+the dataset flips (p 0.5) while training.
+
+ADE20K: ``images/{training,validation}/*.jpg`` with ``annotations/{training,validation}/*.png``
+(class ids 0..150, 0 = "other"; ``reduce_zero_label`` makes it 255 and shifts the rest to
+0..149). Training: random rescale of (2048, 512) by 0.5-2.0 keeping the ratio, a 512 crop whose
+largest class covers at most 75 % (10 tries), flip, padding to 512 with label 255. Evaluation: the
+image rescaled to fit (2048, 512), logits resized back to the original label size.
+"""
+import json
+import os
+import random
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..training.data import DataError
+
+__all__ = ["CocoDetection", "ADE20KSegmentation", "coco_evaluate", "detection_collate"]
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+
+
+def _to_tensor(image):
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.).permute(2, 0, 1)
+
+
+def detection_collate(batch):
+    return tuple(zip(*batch))
+
+
+class CocoDetection(torch.utils.data.Dataset):
+    """COCO-format detection / instance segmentation.
+
+    Items are ``(image (3, H, W) float in [0, 1], target)`` with ``boxes`` (xyxy, pixels),
+    ``labels`` (1..K), ``image_id`` and, with ``masks=True``, ``masks`` (N, H, W) uint8.
+    """
+
+    def __init__(self, image_dir, annotation_file, train=False, masks=False, num_classes=None):
+        try:
+            from pycocotools.coco import COCO
+        except ImportError as e:
+            raise ImportError("COCO data needs pycocotools: pip install -e '.[dense]'") from e
+        if not os.path.isfile(annotation_file):
+            raise DataError(f"annotation file {annotation_file} does not exist; COCO keeps them in "
+                            "annotations/instances_{train,val}2017.json")
+        if not os.path.isdir(image_dir):
+            raise DataError(f"image folder {image_dir} does not exist")
+        try:
+            with open(annotation_file) as f:
+                json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"{annotation_file} is not valid JSON ({e})") from e
+        import contextlib
+        import io
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            self.coco = COCO(annotation_file)
+        for key in ("images", "annotations", "categories"):
+            if key not in self.coco.dataset:
+                raise DataError(f"{annotation_file} has no '{key}': not a COCO instances file")
+        self.cat_ids = sorted(self.coco.getCatIds())
+        if num_classes is not None and num_classes != len(self.cat_ids):
+            raise DataError(f"{annotation_file} has {len(self.cat_ids)} categories but the model "
+                            f"is built for num_classes={num_classes}")
+        self.label_of = {cat: i + 1 for i, cat in enumerate(self.cat_ids)}
+        self.class_names = [self.coco.cats[c]["name"] for c in self.cat_ids]
+        ids = sorted(self.coco.getImgIds())
+        if train:
+            ids = [i for i in ids if any(not a.get("iscrowd", 0)
+                                         for a in self.coco.imgToAnns.get(i, []))]
+        if not ids:
+            raise DataError(f"{annotation_file} has no {'annotated ' if train else ''}images")
+        self.ids, self.image_dir, self.train, self.masks = ids, image_dir, train, masks
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        image_id = self.ids[index]
+        info = self.coco.imgs[image_id]
+        path = os.path.join(self.image_dir, info["file_name"])
+        try:
+            image = Image.open(path)
+            image.load()
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read image {path} ({e})") from e
+        W, H = image.size
+        anns = [a for a in self.coco.imgToAnns.get(image_id, [])
+                if not a.get("iscrowd", 0) and a["bbox"][2] > 0 and a["bbox"][3] > 0]
+        boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)],
+                             dtype=torch.float32).reshape(-1, 4)
+        target = dict(boxes=boxes, image_id=image_id,
+                      labels=torch.tensor([self.label_of[a["category_id"]] for a in anns],
+                                          dtype=torch.int64))
+        if self.masks:
+            target["masks"] = torch.from_numpy(
+                np.stack([self.coco.annToMask(a) for a in anns]) if anns
+                else np.zeros((0, H, W), np.uint8))
+        image = _to_tensor(image)
+        if self.train and random.random() < 0.5:
+            image = image.flip(-1)
+            target["boxes"] = torch.stack([W - boxes[:, 2], boxes[:, 1], W - boxes[:, 0],
+                                           boxes[:, 3]], 1) if len(boxes) else boxes
+            if self.masks:
+                target["masks"] = target["masks"].flip(-1)
+        return image, target
+
+
+@torch.no_grad()
+def coco_evaluate(detector, dataset, batch_size=2, device="cpu"):
+    """Box (and mask, for Mask R-CNN) AP of ``detector`` on ``dataset`` with pycocotools'
+    COCOeval: ``{'bbox_AP': ..., 'bbox_AP50': ..., 'segm_AP': ...}`` in percent."""
+    from pycocotools import mask as mask_utils
+    from pycocotools.cocoeval import COCOeval
+    import contextlib
+    import io
+    detector.eval().to(device)
+    results = {"bbox": [], "segm": []}
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=detection_collate)
+    for images, targets in loader:
+        outputs = detector([im.to(device) for im in images])
+        for out, target in zip(outputs, targets):
+            boxes = out["boxes"].cpu()
+            for i, (box, score, label) in enumerate(zip(boxes.tolist(), out["scores"].tolist(),
+                                                        out["labels"].tolist())):
+                if label < 1 or label > len(dataset.cat_ids):
+                    continue  # class 0 of the one-stage heads is never a category
+                entry = dict(image_id=target["image_id"], category_id=dataset.cat_ids[label - 1],
+                             bbox=[box[0], box[1], box[2] - box[0], box[3] - box[1]], score=score)
+                results["bbox"].append(entry)
+                if "masks" in out:
+                    binary = (out["masks"][i, 0] > 0.5).cpu().numpy().astype(np.uint8)
+                    rle = mask_utils.encode(np.asfortranarray(binary))
+                    rle["counts"] = rle["counts"].decode("ascii")
+                    results["segm"].append(dict(entry, segmentation=rle))
+    metrics = {}
+    names = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+    for iou_type, dets in results.items():
+        if iou_type == "segm" and not dets:
+            continue
+        with contextlib.redirect_stdout(io.StringIO()):
+            if not dets:
+                stats = [0.0] * 6
+            else:
+                coco_eval = COCOeval(dataset.coco, dataset.coco.loadRes(dets), iou_type)
+                coco_eval.params.imgIds = dataset.ids
+                coco_eval.evaluate()
+                coco_eval.accumulate()
+                coco_eval.summarize()
+                stats = coco_eval.stats[:6]
+        metrics.update({f"{iou_type}_{n}": 100 * max(float(s), 0.0) for n, s in zip(names, stats)})
+    return metrics
+
+
+class ADE20KSegmentation(torch.utils.data.Dataset):
+    """ADE20K-layout semantic segmentation: items are ``(image (3, H, W) float in [0, 1], label
+    (H, W) int64)``; training items are 512 crops, evaluation items full images rescaled to fit
+    ``scale`` (the label keeps its original size: predictions are resized back to it)."""
+
+    def __init__(self, root, split="training", train=False, scale=(2048, 512), crop_size=(512, 512),
+                 ratio_range=(0.5, 2.0), cat_max_ratio=0.75, reduce_zero_label=True,
+                 ignore_index=255, num_classes=None, pad_value=(0., 0., 0.)):
+        image_dir = os.path.join(root, "images", split)
+        label_dir = os.path.join(root, "annotations", split)
+        for d in (image_dir, label_dir):
+            if not os.path.isdir(d):
+                raise DataError(f"{d} does not exist; ADE20K is laid out as "
+                                "<root>/images/{training,validation}/*.jpg and "
+                                "<root>/annotations/{training,validation}/*.png")
+        stems = sorted(os.path.splitext(f)[0] for f in os.listdir(image_dir)
+                       if f.lower().endswith(IMAGE_EXTS))
+        missing = [s for s in stems if not os.path.isfile(os.path.join(label_dir, s + ".png"))]
+        if missing:
+            raise DataError(f"{len(missing)} images of {image_dir} have no label PNG in {label_dir}, "
+                            f"e.g. {missing[:3]}")
+        if not stems:
+            raise DataError(f"no images in {image_dir}")
+        self.items = [(os.path.join(image_dir, next(f for f in os.listdir(image_dir)
+                                                    if os.path.splitext(f)[0] == s)),
+                       os.path.join(label_dir, s + ".png")) for s in stems]
+        self.train, self.scale, self.crop_size = train, scale, crop_size
+        self.ratio_range, self.cat_max_ratio = ratio_range, cat_max_ratio
+        self.reduce_zero_label, self.ignore_index = reduce_zero_label, ignore_index
+        self.num_classes = num_classes
+        # mmseg pads after normalising, with 0: pass the model's mean here, the segmentor
+        # normalises inside, and padded pixels come out exactly 0 as well.
+        self.pad_value = torch.tensor(pad_value, dtype=torch.float32).view(3, 1, 1)
+
+    def __len__(self):
+        return len(self.items)
+
+    def _load(self, index):
+        image_path, label_path = self.items[index]
+        image = Image.open(image_path).convert("RGB")
+        label = np.array(Image.open(label_path), dtype=np.int64)
+        if label.ndim != 2:
+            raise DataError(f"{label_path} must be a single-channel class-id PNG, got shape "
+                            f"{label.shape}")
+        if label.shape != (image.height, image.width):
+            raise DataError(f"{label_path} is {label.shape[::-1]} but its image is {image.size}")
+        label = torch.from_numpy(label)
+        if self.reduce_zero_label:
+            label = torch.where(label == 0, self.ignore_index, label - 1)
+            label[label == self.ignore_index - 1] = self.ignore_index
+        if self.num_classes is not None:
+            bad = (label != self.ignore_index) & (label >= self.num_classes)
+            if bad.any():
+                raise DataError(f"{label_path} has class ids >= num_classes={self.num_classes} "
+                                f"(after reduce_zero_label={self.reduce_zero_label})")
+        return _to_tensor(image), label
+
+    def _rescale_size(self, h, w, scale):
+        long_edge, short_edge = max(scale), min(scale)
+        factor = min(long_edge / max(h, w), short_edge / min(h, w))
+        return int(h * factor + 0.5), int(w * factor + 0.5)
+
+    def __getitem__(self, index):
+        image, label = self._load(index)
+        h, w = image.shape[1:]
+        if not self.train:
+            size = self._rescale_size(h, w, self.scale)
+            image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+            return image, label
+        ratio = random.uniform(*self.ratio_range)
+        size = self._rescale_size(h, w, (int(self.scale[0] * ratio), int(self.scale[1] * ratio)))
+        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        label = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
+        ch, cw = self.crop_size
+        for _ in range(10):
+            y = random.randint(0, max(size[0] - ch, 0))
+            x = random.randint(0, max(size[1] - cw, 0))
+            crop = label[y:y + ch, x:x + cw]
+            ids, counts = crop[crop != self.ignore_index].unique(return_counts=True)
+            if len(ids) > 1 and counts.max().item() / counts.sum().item() < self.cat_max_ratio:
+                break
+        image, label = image[:, y:y + ch, x:x + cw], label[y:y + ch, x:x + cw]
+        if random.random() < 0.5:
+            image, label = image.flip(-1), label.flip(-1)
+        pad_h, pad_w = ch - image.shape[1], cw - image.shape[2]
+        if pad_h > 0 or pad_w > 0:
+            canvas = self.pad_value.expand(3, max(ch, image.shape[1]), max(cw, image.shape[2]))
+            canvas = canvas.clone()
+            canvas[:, :image.shape[1], :image.shape[2]] = image
+            image = canvas
+            label = F.pad(label, (0, max(pad_w, 0), 0, max(pad_h, 0)), value=self.ignore_index)
+        return image, label

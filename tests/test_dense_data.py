@@ -1,0 +1,230 @@
+"""COCO / ADE20K data, COCO evaluation and a few real training steps of Mask R-CNN and UperNet on
+a zoo backbone, on hand-annotated scikit-image photos (tests/data/photos_coco.json)."""
+import json
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from backbones.dense import IoUMetric, build_detector, build_segmentor
+from backbones.dense.data import (
+    ADE20KSegmentation, CocoDetection, coco_evaluate, detection_collate)
+from backbones.training.data import DataError
+
+skimage_data = pytest.importorskip("skimage.data")
+pytest.importorskip("pycocotools")
+
+ANNOTATIONS = os.path.join(os.path.dirname(__file__), "data", "photos_coco.json")
+SMALL = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(2, 2, 4, 4))
+NUM_CLASSES = 6
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """COCO layout (images + the JSON) and ADE20K layout (labels rasterised from the same
+    polygons: class id = category id, 0 = other) of the four photos, downscaled by 4."""
+    from pycocotools.coco import COCO
+    root = tmp_path_factory.mktemp("photos")
+    with open(ANNOTATIONS) as f:
+        coco_json = json.load(f)
+    scale = 0.25
+    for info in coco_json["images"]:
+        info["width"], info["height"] = round(info["width"] * scale), round(info["height"] * scale)
+    for ann in coco_json["annotations"]:
+        ann["bbox"] = [v * scale for v in ann["bbox"]]
+        ann["segmentation"] = [[v * scale for v in poly] for poly in ann["segmentation"]]
+        ann["area"] *= scale ** 2
+    (root / "coco").mkdir()
+    with open(root / "coco" / "instances.json", "w") as f:
+        json.dump(coco_json, f)
+    coco = COCO(str(root / "coco" / "instances.json"))
+    for split in ("training", "validation"):
+        (root / "ade" / "images" / split).mkdir(parents=True)
+        (root / "ade" / "annotations" / split).mkdir(parents=True)
+    for info in coco_json["images"]:
+        stem = os.path.splitext(info["file_name"])[0]
+        image = Image.fromarray(getattr(skimage_data, stem)()).resize((info["width"], info["height"]))
+        image.save(root / "coco" / info["file_name"])
+        label = np.zeros((info["height"], info["width"]), np.uint8)
+        for ann in coco.imgToAnns[info["id"]]:
+            label[coco.annToMask(ann) > 0] = ann["category_id"]
+        for split in ("training", "validation"):
+            image.convert("RGB").save(root / "ade" / "images" / split / f"{stem}.jpg")
+            Image.fromarray(label).save(root / "ade" / "annotations" / split / f"{stem}.png")
+    return root
+
+
+# ----------------------------------------------------------------------------- COCO
+
+def test_coco_dataset_items(photos):
+    train = CocoDetection(str(photos / "coco"), str(photos / "coco" / "instances.json"),
+                          train=True, masks=True)
+    val = CocoDetection(str(photos / "coco"), str(photos / "coco" / "instances.json"))
+    assert len(val) == 4 and len(train) == 3  # the rocket photo has no objects: training skips it
+    assert train.class_names == ["person", "cat", "cup", "spoon", "helmet", "shuttle"]
+    image, target = val[1]  # coffee: cup (3) and spoon (4)
+    assert image.shape == (3, 100, 150) and 0 <= image.min() and image.max() <= 1
+    assert target["labels"].tolist() == [3, 4]
+    torch.testing.assert_close(target["boxes"][0], torch.tensor([43.75, 5., 101.25, 75.]))
+    empty = val[3][1]
+    assert empty["boxes"].shape == (0, 4) and empty["labels"].shape == (0,)
+    random.seed(3)
+    flips = []
+    for _ in range(8):
+        img, t = train[1]
+        flips.append(t["boxes"][0, 0].item() != 43.75)
+        box = t["boxes"][0].round().long().tolist()
+        mask = t["masks"][0]
+        ys, xs = mask.nonzero(as_tuple=True)
+        assert abs(xs.min().item() - box[0]) <= 1 and abs(xs.max().item() + 1 - box[2]) <= 1
+    assert any(flips) and not all(flips)  # flipped about half the time, boxes with the masks
+
+
+def test_coco_bad_inputs_say_what_is_wrong(photos, tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        CocoDetection(str(photos / "coco"), str(tmp_path / "missing.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(DataError, match="not valid JSON"):
+        CocoDetection(str(photos / "coco"), str(bad))
+    with pytest.raises(DataError, match="6 categories but the model is built for num_classes=80"):
+        CocoDetection(str(photos / "coco"), str(photos / "coco" / "instances.json"), num_classes=80)
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"images": [{"id": 1, "file_name": "rocket.png", "width": 160,
+                                             "height": 107}],
+                                 "annotations": [], "categories": [{"id": 1, "name": "x"}]}))
+    with pytest.raises(DataError, match="no annotated images"):
+        CocoDetection(str(photos / "coco"), str(empty), train=True)
+    with pytest.raises(DataError, match="cannot read image"):
+        CocoDetection(str(tmp_path), str(photos / "coco" / "instances.json"))[0]
+
+
+class _Oracle(torch.nn.Module):
+    """Returns the ground truth as detections (score 1): COCOeval must give AP 100."""
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.targets = {t["image_id"]: t for t in (dataset[i][1] for i in range(len(dataset)))}
+        self.queue = []
+
+    def forward(self, images):
+        out = []
+        for _ in images:
+            t = self.targets[self.queue.pop(0)]
+            out.append(dict(boxes=t["boxes"], labels=t["labels"], scores=torch.ones(len(t["labels"])),
+                            masks=t["masks"][:, None].float()))
+        return out
+
+
+def test_coco_evaluate_gives_100_on_perfect_detections(photos):
+    val = CocoDetection(str(photos / "coco"), str(photos / "coco" / "instances.json"), masks=True)
+    oracle = _Oracle(val)
+    oracle.queue = list(val.ids)
+    metrics = coco_evaluate(oracle, val)
+    assert metrics["bbox_AP"] == pytest.approx(100.0) and metrics["segm_AP"] == pytest.approx(100.0)
+    assert metrics["bbox_AP50"] == pytest.approx(100.0)
+
+
+@pytest.mark.slow
+def test_mask_rcnn_trains_on_the_photos_and_is_evaluated(photos):
+    torch.manual_seed(0)
+    random.seed(0)
+    train = CocoDetection(str(photos / "coco"), str(photos / "coco" / "instances.json"),
+                          train=True, masks=True, num_classes=NUM_CLASSES)
+    val = CocoDetection(str(photos / "coco"), str(photos / "coco" / "instances.json"), masks=True)
+    detector = build_detector(
+        "mask_rcnn", "cswin_tiny_224", NUM_CLASSES, min_size=96, max_size=128,
+        detector_kwargs=dict(rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50,
+                             rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50,
+                             box_batch_size_per_image=32, rpn_batch_size_per_image=32), **SMALL)
+    optimizer = torch.optim.AdamW(detector.parameters(), lr=1e-4, weight_decay=0.05)
+    loader = torch.utils.data.DataLoader(train, batch_size=2, shuffle=True,
+                                         collate_fn=detection_collate)
+    detector.train()
+    totals = []
+    for _ in range(2):
+        for images, targets in loader:
+            losses = detector(list(images), [{k: v for k, v in t.items() if k != "image_id"}
+                                             for t in targets])
+            loss = sum(losses.values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            totals.append(loss.item())
+    assert all(np.isfinite(totals))
+    metrics = coco_evaluate(detector, val)
+    assert set(metrics) == {f"{t}_{n}" for t in ("bbox", "segm")
+                            for n in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
+    assert all(0.0 <= v <= 100.0 for v in metrics.values())
+
+
+# ----------------------------------------------------------------------------- ADE20K
+
+def test_ade_dataset_reduces_zero_label_and_crops(photos):
+    val = ADE20KSegmentation(str(photos / "ade"), "validation", scale=(256, 64))
+    image, label = val[2]  # astronaut, chelsea, coffee (150x100 -> fits (256, 64): 96x64), rocket
+    assert image.shape == (3, 64, 96) and label.shape == (100, 150)
+    assert set(label.unique().tolist()) == {2, 3, 255}  # cup 3 -> 2, spoon 4 -> 3, other -> 255
+    random.seed(0)
+    train = ADE20KSegmentation(str(photos / "ade"), "training", train=True, scale=(256, 64),
+                               crop_size=(48, 48), pad_value=(0.5, 0.25, 0.125))
+    for i in range(len(train)):
+        image, label = train[i]
+        assert image.shape == (3, 48, 48) and label.shape == (48, 48)
+    tall = ADE20KSegmentation(str(photos / "ade"), "training", train=True, scale=(32, 16),
+                              crop_size=(48, 48), pad_value=(0.5, 0.25, 0.125))
+    image, label = tall[0]  # too small for the crop: padded with the pad value and label 255
+    assert (label[-1] == 255).all()
+    torch.testing.assert_close(image[:, -1, -1], torch.tensor([0.5, 0.25, 0.125]))
+
+
+def test_ade_bad_inputs(photos, tmp_path):
+    with pytest.raises(DataError, match="images/"):
+        ADE20KSegmentation(str(tmp_path), "training")
+    root = tmp_path / "ade"
+    (root / "images" / "training").mkdir(parents=True)
+    (root / "annotations" / "training").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(root / "images" / "training" / "a.jpg")
+    with pytest.raises(DataError, match="have no label PNG"):
+        ADE20KSegmentation(str(root), "training")
+    Image.new("L", (8, 8), color=40).save(root / "annotations" / "training" / "a.png")
+    with pytest.raises(DataError, match="num_classes=6"):
+        ADE20KSegmentation(str(root), "training", num_classes=6)[0]
+
+
+@pytest.mark.slow
+def test_upernet_trains_on_the_photos_and_reports_miou(photos):
+    torch.manual_seed(0)
+    random.seed(0)
+    segmentor = build_segmentor("cswin_tiny_224", NUM_CLASSES, channels=32, **SMALL)
+    mean = tuple(segmentor.image_mean.flatten().tolist())
+    train = ADE20KSegmentation(str(photos / "ade"), "training", train=True, scale=(256, 64),
+                               crop_size=(64, 64), num_classes=NUM_CLASSES, pad_value=mean)
+    val = ADE20KSegmentation(str(photos / "ade"), "validation", scale=(256, 64),
+                             num_classes=NUM_CLASSES)
+    optimizer = torch.optim.AdamW(segmentor.parameters(), lr=1e-3)
+    segmentor.train()
+    loader = torch.utils.data.DataLoader(train, batch_size=2, shuffle=True)
+    losses = []
+    for _ in range(3):
+        for images, labels in loader:
+            loss = sum(segmentor.loss(images, labels).values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    assert all(np.isfinite(losses))
+    metric = IoUMetric(NUM_CLASSES)
+    segmentor.eval()
+    with torch.no_grad():
+        for image, label in val:
+            logits = segmentor(image[None])
+            logits = torch.nn.functional.interpolate(logits, size=label.shape, mode="bilinear",
+                                                     align_corners=False)
+            metric.update(logits, label[None])
+    res = metric.compute()
+    assert 0.0 <= res["mIoU"] <= 100.0 and 0.0 < res["aAcc"] <= 100.0
+    assert len(res["IoU"]) == NUM_CLASSES
