@@ -228,3 +228,79 @@ def test_upernet_trains_on_the_photos_and_reports_miou(photos):
     res = metric.compute()
     assert 0.0 <= res["mIoU"] <= 100.0 and 0.0 < res["aAcc"] <= 100.0
     assert len(res["IoU"]) == NUM_CLASSES
+
+
+# ----------------------------------------------------------------------------- training tools
+
+SMALL_FLAGS = ["--model-kwargs", "embed_dim=16", "depths=(1,1,1,1)", "num_heads=(2,2,4,4)"]
+
+
+@pytest.mark.slow
+def test_train_det_tool_runs_the_recipe_on_the_photos(photos, tmp_path):
+    from backbones.dense.engine import main
+    runner = main("detection", [
+        "configs/coco/cswin_tiny_224_mask_rcnn_1x.py", "--data-dir", str(photos),
+        *SMALL_FLAGS, "--epochs", "2", "--workers", "0", "--output", str(tmp_path),
+        "--experiment", "det", "--log-interval", "1", "--cfg-options", "train_images=coco",
+        "val_images=coco", "train_ann=coco/instances.json", "val_ann=coco/instances.json",
+        "min_size=[96]", "max_size=128", "pretrained=False", "amp=False", "warmup_iters=2",
+        "lr_steps=[1]"])
+    assert not isinstance(runner, int), "the tool reported an error"
+    metrics = runner.val()
+    assert {"coco/bbox_AP", "coco/segm_AP"} <= set(metrics)
+    assert all(0.0 <= v <= 100.0 for v in metrics.values())
+    assert runner.optim_wrapper.get_lr()["lr"][0] == pytest.approx(1e-5)  # x0.1 after epoch 1
+    assert os.path.isfile(tmp_path / "det" / "epoch_2.pth")
+    # resume: the finished run's last checkpoint is found and the loop has nothing left to do
+    resumed = main("detection", [
+        "configs/coco/cswin_tiny_224_mask_rcnn_1x.py", "--data-dir", str(photos), *SMALL_FLAGS,
+        "--epochs", "2", "--workers", "0", "--output", str(tmp_path), "--resume",
+        str(tmp_path / "det"), "--cfg-options", "train_images=coco", "val_images=coco",
+        "train_ann=coco/instances.json", "val_ann=coco/instances.json", "min_size=[96]",
+        "max_size=128", "pretrained=False", "amp=False"])
+    assert resumed.epoch == 2
+
+
+@pytest.mark.slow
+def test_train_seg_tool_runs_the_recipe_on_the_photos(photos, tmp_path):
+    from backbones.dense.engine import main
+    runner = main("segmentation", [
+        "configs/ade20k/cswin_tiny_224_upernet_160k.py", "--data-dir", str(photos / "ade"),
+        *SMALL_FLAGS, "--max-iters", "4", "--val-interval", "4", "--warmup-iters", "2",
+        "--workers", "0", "--output", str(tmp_path), "--experiment", "seg", "--log-interval", "1",
+        "--cfg-options", "scale=[256,64]", "crop_size=[64,64]", "num_classes=6",
+        "pretrained=False", "amp=False"])
+    assert not isinstance(runner, int), "the tool reported an error"
+    metrics = runner.val()
+    assert set(metrics) == {"seg/mIoU", "seg/mAcc", "seg/aAcc"}
+    assert 0.0 <= metrics["seg/mIoU"] <= 100.0
+    assert os.path.isfile(tmp_path / "seg" / "iter_4.pth")
+
+
+def test_dense_tools_reject_bad_setups(photos, tmp_path, capsys):
+    from backbones.dense.engine import main
+    assert main("segmentation", ["configs/coco/cswin_tiny_224_mask_rcnn_1x.py",
+                                 "--data-dir", str(photos)]) == 2
+    assert "is a detection recipe; use tools/train_det.py" in capsys.readouterr().err
+    assert main("detection", ["configs/coco/cswin_tiny_224_mask_rcnn_1x.py"]) == 2
+    assert "--data-dir is required" in capsys.readouterr().err
+    assert main("detection", ["configs/coco/cswin_tiny_224_mask_rcnn_1x.py", "--data-dir",
+                              str(tmp_path)]) == 2
+    assert "instances_train2017.json does not exist" in capsys.readouterr().err
+    assert main("detection", ["configs/coco/nope.py", "--data-dir", str(tmp_path)]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", sorted(
+    os.path.join(folder, f) for folder in ("configs/coco", "configs/ade20k")
+    for f in (os.listdir(os.path.join(os.path.dirname(os.path.dirname(__file__)), folder))
+              if os.path.isdir(os.path.join(os.path.dirname(os.path.dirname(__file__)), folder))
+              else []) if f.endswith(".py")))
+def test_every_transfer_recipe_resolves_and_names_its_paper_result(config):
+    import backbones
+    from backbones.dense.engine import build_parser, resolve_config
+    task = "detection" if "coco" in config else "segmentation"
+    cfg = resolve_config(build_parser(task).parse_args([config, "--data-dir", "/data"]), task)
+    assert cfg.model in backbones.list_zoo_models()
+    assert cfg.paper and any(ch.isdigit() for ch in cfg.paper)
+    assert cfg.drop_path is not None and cfg.pretrained

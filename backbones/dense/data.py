@@ -23,7 +23,8 @@ from PIL import Image
 
 from ..training.data import DataError
 
-__all__ = ["CocoDetection", "ADE20KSegmentation", "coco_evaluate", "detection_collate"]
+__all__ = ["CocoDetection", "ADE20KSegmentation", "coco_evaluate", "detection_collate",
+           "summarize_coco", "to_coco_results"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
@@ -113,50 +114,63 @@ class CocoDetection(torch.utils.data.Dataset):
         return image, target
 
 
-@torch.no_grad()
-def coco_evaluate(detector, dataset, batch_size=2, device="cpu"):
-    """Box (and mask, for Mask R-CNN) AP of ``detector`` on ``dataset`` with pycocotools'
-    COCOeval: ``{'bbox_AP': ..., 'bbox_AP50': ..., 'segm_AP': ...}`` in percent."""
+def to_coco_results(output, image_id, cat_ids):
+    """One image's detector output as COCO result entries: ``{'bbox': [...], 'segm': [...]}``
+    (labels 1..K back to category ids; label 0 of the one-stage heads is never a category)."""
     from pycocotools import mask as mask_utils
-    from pycocotools.cocoeval import COCOeval
+    results = {"bbox": [], "segm": []}
+    for i, (box, score, label) in enumerate(zip(output["boxes"].tolist(), output["scores"].tolist(),
+                                                output["labels"].tolist())):
+        if label < 1 or label > len(cat_ids):
+            continue
+        entry = dict(image_id=int(image_id), category_id=cat_ids[label - 1],
+                     bbox=[box[0], box[1], box[2] - box[0], box[3] - box[1]], score=score)
+        results["bbox"].append(entry)
+        if "masks" in output:
+            binary = (output["masks"][i, 0] > 0.5).cpu().numpy().astype(np.uint8)
+            rle = mask_utils.encode(np.asfortranarray(binary))
+            rle["counts"] = rle["counts"].decode("ascii")
+            results["segm"].append(dict(entry, segmentation=rle))
+    return results
+
+
+def summarize_coco(dataset, bbox, segm=()):
+    """COCOeval of result entries on ``dataset``: ``{'bbox_AP', 'bbox_AP50', ..., 'segm_AP',
+    ...}`` in percent (segm only when mask results are given; no detections -> 0)."""
     import contextlib
     import io
-    detector.eval().to(device)
-    results = {"bbox": [], "segm": []}
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=detection_collate)
-    for images, targets in loader:
-        outputs = detector([im.to(device) for im in images])
-        for out, target in zip(outputs, targets):
-            boxes = out["boxes"].cpu()
-            for i, (box, score, label) in enumerate(zip(boxes.tolist(), out["scores"].tolist(),
-                                                        out["labels"].tolist())):
-                if label < 1 or label > len(dataset.cat_ids):
-                    continue  # class 0 of the one-stage heads is never a category
-                entry = dict(image_id=target["image_id"], category_id=dataset.cat_ids[label - 1],
-                             bbox=[box[0], box[1], box[2] - box[0], box[3] - box[1]], score=score)
-                results["bbox"].append(entry)
-                if "masks" in out:
-                    binary = (out["masks"][i, 0] > 0.5).cpu().numpy().astype(np.uint8)
-                    rle = mask_utils.encode(np.asfortranarray(binary))
-                    rle["counts"] = rle["counts"].decode("ascii")
-                    results["segm"].append(dict(entry, segmentation=rle))
+    from pycocotools.cocoeval import COCOeval
     metrics = {}
     names = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
-    for iou_type, dets in results.items():
+    for iou_type, dets in (("bbox", list(bbox)), ("segm", list(segm))):
         if iou_type == "segm" and not dets:
             continue
-        with contextlib.redirect_stdout(io.StringIO()):
-            if not dets:
-                stats = [0.0] * 6
-            else:
+        stats = [0.0] * 6
+        if dets:
+            with contextlib.redirect_stdout(io.StringIO()):
                 coco_eval = COCOeval(dataset.coco, dataset.coco.loadRes(dets), iou_type)
                 coco_eval.params.imgIds = dataset.ids
                 coco_eval.evaluate()
                 coco_eval.accumulate()
                 coco_eval.summarize()
-                stats = coco_eval.stats[:6]
-        metrics.update({f"{iou_type}_{n}": 100 * max(float(s), 0.0) for n, s in zip(names, stats)})
+            stats = coco_eval.stats[:6]
+        metrics.update({f"{iou_type}_{n}": 100 * max(float(v), 0.0) for n, v in zip(names, stats)})
     return metrics
+
+
+@torch.no_grad()
+def coco_evaluate(detector, dataset, batch_size=2, device="cpu"):
+    """Box (and mask, for Mask R-CNN) AP of ``detector`` on ``dataset`` with pycocotools'
+    COCOeval: ``{'bbox_AP': ..., 'bbox_AP50': ..., 'segm_AP': ...}`` in percent."""
+    detector.eval().to(device)
+    bbox, segm = [], []
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=detection_collate)
+    for images, targets in loader:
+        for out, target in zip(detector([im.to(device) for im in images]), targets):
+            res = to_coco_results(out, target["image_id"], dataset.cat_ids)
+            bbox += res["bbox"]
+            segm += res["segm"]
+    return summarize_coco(dataset, bbox, segm)
 
 
 class ADE20KSegmentation(torch.utils.data.Dataset):
