@@ -609,7 +609,7 @@ def create_from_official(kwargs, official_class=None):
     return model
 
 
-def golden_outputs(model, x, config):
+def golden_outputs(model, x, config, inputs=None):
     """Logits, raw stage features and every BRA layer's routing indices, named as the fixtures
     name them (``routing_idx.<official module path>``)."""
     stl = config.get("official_class", "").split(":")[-1] in _STL_CLASSES

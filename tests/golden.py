@@ -3,9 +3,10 @@
 The contract (../shared/golden/README.md): build the zoo model from ``config.json`` through the
 family's ``create_from_official``, pass the official ``state_dict`` (wrapped as official releases
 wrap it) through ``checkpoint_filter_fn``, load it strictly, and reproduce every stored tensor to
-1e-4 in float32. A family module may define ``golden_outputs(model, x, config)`` returning a dict of
-named tensors for fixtures that store more than logits and features; otherwise logits / output come
-from ``model(x)`` and ``features.i`` from ``forward_intermediates``.
+1e-4 in float32. A family module may define ``golden_outputs(model, x, config, inputs=None)``
+returning a dict of named tensors for fixtures that store more than logits and features (``inputs``:
+every stored input, ``input`` and e.g. ``det_input``); otherwise logits / output come from
+``model(x)`` and ``features.i`` from ``forward_intermediates``.
 """
 import json
 import os
@@ -68,10 +69,11 @@ def run_fixture(root, fixture, backend):
     config, state_dict, io = load_fixture(root, fixture)
     model = build_from_fixture(family, config, state_dict)
     x = io["input"]
-    expected = {k: v for k, v in io.items() if k != "input"}
+    inputs = {k: v for k, v in io.items() if k == "input" or k.endswith("_input")}
+    expected = {k: v for k, v in io.items() if k not in inputs}
     with torch.no_grad(), ops.use_backend(backend):
         if hasattr(family, "golden_outputs"):
-            outputs = family.golden_outputs(model, x, config)
+            outputs = family.golden_outputs(model, x, config, inputs)
         else:
             outputs = default_outputs(model, x, expected)
     missing = sorted(set(expected) - set(outputs))

@@ -32,10 +32,20 @@ OFFICIAL_PARAM_COUNTS = {
     "cswin_base_384": 77_382_184,
     "cswin_large_224": 173_262_664,
     "cswin_large_384": 173_262_664,
+    "litv2_small_224": 27_844_000,
+    "litv2_medium_224": 48_830_368,
+    "litv2_base_224": 86_520_704,
+    "litv2_base_384": 86_520_704,
 }
-# Non-default pretrained tags whose architecture differs (another head).
+# Non-default pretrained tags whose architecture differs (another head; LITv2-S alpha ablations:
+# another Lo-Fi / Hi-Fi head split, counted with the official code).
 OFFICIAL_TAG_PARAM_COUNTS = {
     "cswin_large_224.in22k": 197_292_337,
+    "litv2_small_224.in1k_alpha0": 28_089_760,
+    "litv2_small_224.in1k_alpha0_4": 27_696_544,
+    "litv2_small_224.in1k_alpha0_5": 27_647_392,
+    "litv2_small_224.in1k_alpha0_7": 27_696_544,
+    "litv2_small_224.in1k_alpha1": 28_089_760,
 }
 
 BACKWARD_SIZE = 128
