@@ -608,6 +608,15 @@ def _tag_of(pretrained_cfg):
     return None
 
 
+# What turns the classifier into the official dense backbones (detection/.../litv2.py: norms on
+# stages 1-3; segmentation/.../litv2.py: on all four); used by
+# backbones.dense.DenseBackbone(task=...). The detection tables' "s = 4" rows pass
+# window_sizes=(0, 0, 4, 1).
+DENSE_BACKBONE_KWARGS = {
+    "detection": dict(feature_norms="detection"),
+    "segmentation": dict(feature_norms="segmentation"),
+}
+
 def _create_litv2(variant, pretrained=False, **kwargs):
     tag = _tag_of(kwargs.get("pretrained_cfg"))
     tag_args = TAG_MODEL_ARGS.get(f"{variant}.{tag}", {}) if tag else {}

@@ -307,10 +307,10 @@ def build_runner(cfg):
         optim_wrapper = OptimWrapper(**wrapper)
 
     by_epoch = cfg.task == "detection"
-    warmup = dict(type="LinearLR", start_factor=cfg.warmup_ratio, by_epoch=False, begin=0,
-                  end=cfg.warmup_iters)
+    warmup = [dict(type="LinearLR", start_factor=cfg.warmup_ratio, by_epoch=False, begin=0,
+                   end=cfg.warmup_iters)] if cfg.warmup_iters > 0 else []
     if by_epoch:
-        schedulers = [warmup, dict(type="MultiStepLR", by_epoch=True, begin=0, end=cfg.epochs,
+        schedulers = warmup + [dict(type="MultiStepLR", by_epoch=True, begin=0, end=cfg.epochs,
                                    milestones=list(cfg.lr_steps), gamma=cfg.gamma)]
         train_cfg = dict(by_epoch=True, max_epochs=cfg.epochs, val_interval=cfg.val_interval or 1)
         evaluator = [CocoMetric(val_set)]
@@ -322,8 +322,8 @@ def build_runner(cfg):
             raise ValueError(f"sched must be 'poly' or 'cosine' for segmentation, got {cfg.sched!r}")
         decay = dict(type="PolyLR", power=cfg.poly_power) if cfg.sched == "poly" else \
             dict(type="CosineAnnealingLR", T_max=cfg.max_iters - cfg.warmup_iters)
-        schedulers = [warmup, dict(decay, by_epoch=False, begin=cfg.warmup_iters,
-                                   end=cfg.max_iters, eta_min=cfg.min_lr)]
+        schedulers = warmup + [dict(decay, by_epoch=False, begin=cfg.warmup_iters,
+                                    end=cfg.max_iters, eta_min=cfg.min_lr)]
         train_cfg = dict(by_epoch=False, max_iters=cfg.max_iters, val_interval=val_interval)
         evaluator = [SegIoUMetric(num_classes)]
         checkpoint = CheckpointHook(interval=val_interval, by_epoch=False,
