@@ -128,6 +128,27 @@ def test_coco_evaluate_gives_100_on_perfect_detections(photos):
     assert metrics["bbox_AP50"] == pytest.approx(100.0)
 
 
+def test_coco_ap_by_hand(tmp_path):
+    """One 10x10 ground-truth box, one detection covering its top 62 %: IoU 0.62 matches at the
+    thresholds 0.50, 0.55, 0.60 of COCO's ten, so AP = 3 / 10; AP50 = 100, AP75 = 0; the box is
+    'small' (area < 32^2): APs = AP, and no medium / large ground truth exists (NaN)."""
+    import types
+    from pycocotools.coco import COCO
+    from backbones.dense.data import summarize_coco
+    ann = tmp_path / "toy.json"
+    ann.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "x.png", "width": 20, "height": 20}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [0, 0, 10, 10],
+                         "area": 100, "iscrowd": 0}],
+        "categories": [{"id": 7, "name": "thing"}]}))
+    dataset = types.SimpleNamespace(coco=COCO(str(ann)), ids=[1])
+    m = summarize_coco(dataset, [dict(image_id=1, category_id=7, bbox=[0, 0, 10, 6.2], score=0.9)])
+    assert m["bbox_AP"] == pytest.approx(30.0) and m["bbox_APs"] == pytest.approx(30.0)
+    assert m["bbox_AP50"] == pytest.approx(100.0) and m["bbox_AP75"] == pytest.approx(0.0)
+    assert np.isnan(m["bbox_APm"]) and np.isnan(m["bbox_APl"])
+    assert summarize_coco(dataset, [])["bbox_AP"] == 0.0  # no detections at all
+
+
 @pytest.mark.slow
 def test_mask_rcnn_trains_on_the_photos_and_is_evaluated(photos):
     torch.manual_seed(0)
@@ -158,7 +179,7 @@ def test_mask_rcnn_trains_on_the_photos_and_is_evaluated(photos):
     metrics = coco_evaluate(detector, val)
     assert set(metrics) == {f"{t}_{n}" for t in ("bbox", "segm")
                             for n in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
-    assert all(0.0 <= v <= 100.0 for v in metrics.values())
+    assert all(0.0 <= v <= 100.0 for v in metrics.values() if not np.isnan(v))
 
 
 # ----------------------------------------------------------------------------- ADE20K
@@ -248,7 +269,7 @@ def test_train_det_tool_runs_the_recipe_on_the_photos(photos, tmp_path):
     assert not isinstance(runner, int), "the tool reported an error"
     metrics = runner.val()
     assert {"coco/bbox_AP", "coco/segm_AP"} <= set(metrics)
-    assert all(0.0 <= v <= 100.0 for v in metrics.values())
+    assert all(0.0 <= v <= 100.0 for v in metrics.values() if not np.isnan(v))
     assert runner.optim_wrapper.get_lr()["lr"][0] == pytest.approx(1e-5)  # x0.1 after epoch 1
     assert os.path.isfile(tmp_path / "det" / "epoch_2.pth")
     # resume: the finished run's last checkpoint is found and the loop has nothing left to do

@@ -136,7 +136,8 @@ def to_coco_results(output, image_id, cat_ids):
 
 def summarize_coco(dataset, bbox, segm=()):
     """COCOeval of result entries on ``dataset``: ``{'bbox_AP', 'bbox_AP50', ..., 'segm_AP',
-    ...}`` in percent (segm only when mask results are given; no detections -> 0)."""
+    ...}`` in percent (segm only when mask results are given; no detections -> 0; an area range
+    without ground truth -> NaN)."""
     import contextlib
     import io
     from pycocotools.cocoeval import COCOeval
@@ -154,7 +155,9 @@ def summarize_coco(dataset, bbox, segm=()):
                 coco_eval.accumulate()
                 coco_eval.summarize()
             stats = coco_eval.stats[:6]
-        metrics.update({f"{iou_type}_{n}": 100 * max(float(v), 0.0) for n, v in zip(names, stats)})
+        # COCOeval's -1 ("no ground truth in this area range") becomes NaN, not a score of 0
+        metrics.update({f"{iou_type}_{n}": 100 * float(v) if v >= 0 else float("nan")
+                        for n, v in zip(names, stats)})
     return metrics
 
 
