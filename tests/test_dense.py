@@ -315,3 +315,33 @@ def test_detector_fpn_levels_follow_mmdet():
     assert (rcnn.transform.min_size, rcnn.transform.max_size) == ((800,), 1333)
     with pytest.raises(ValueError, match="detector must be one of"):
         build_detector("yolo", "cswin_tiny_224", num_classes=80)
+
+
+# ----------------------------------------------------------------------------- mmdet / mmseg
+
+def test_zoo_backbone_registers_in_an_openmmlab_registry():
+    from mmengine.registry import Registry
+    from backbones.dense.mm import ZooBackbone, register_mm_backbones
+    registry = Registry("test models")
+    assert register_mm_backbones([registry]) == [registry]
+    backbone = registry.build(dict(type="ZooBackbone", model_name="cswin_tiny_224",
+                                   task="segmentation", frozen_stages=0, **SMALL))
+    assert isinstance(backbone, ZooBackbone) and backbone.out_channels == [16, 32, 64, 128]
+    backbone.init_weights()
+    out = backbone.train()(torch.randn(1, 3, 64, 64))
+    assert isinstance(out, tuple) and [o.shape[1] for o in out] == [16, 32, 64, 128]
+    model = backbone.body.body.model
+    assert not model.stem.training and not model.stages[0].training  # frozen: eval mode
+    assert model.stages[1].training
+    frozen = {n.split(".")[0] + ("." + n.split(".")[1] if n.startswith("stages") else "")
+              for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {"stem", "stages.0"}
+    register_mm_backbones([registry])  # idempotent
+
+
+def test_register_without_openmmlab_packages_is_a_no_op():
+    import importlib.util
+    from backbones.dense.mm import register_mm_backbones
+    if importlib.util.find_spec("mmdet") or importlib.util.find_spec("mmseg"):
+        pytest.skip("mmdet / mmseg installed here")
+    assert register_mm_backbones() == []

@@ -88,14 +88,23 @@ class DenseBackbone(nn.Module):
         return self.channels
 
     def _stage_modules(self):
-        """The body's top-level children in forward order, grouped as (stem..., stage 0, ...):
-        everything up to and including the module that produces feature i belongs to stage i."""
-        names = [name for name, _ in self.body.named_children()]
-        info_modules = [info["module"].split(".")[0] for info in self.feature_info.get_dicts()]
+        """The body's modules in forward order, grouped as (stem..., stage 0), (stage 1), ...:
+        everything up to and including the module that produces feature i belongs to stage i.
+        Works for timm's FeatureListNet (children named by module) and FeatureGetterNet (the
+        wrapped model's ``stages.i``)."""
+        root = getattr(self.body, "model", self.body)
+        info_modules = [info["module"] for info in self.feature_info.get_dicts()]
+        order = []
+        for name, child in root.named_children():
+            nested = [m for m in info_modules if m.startswith(name + ".")]
+            if nested:  # a container of stages: its children are the units
+                order += [f"{name}.{sub}" for sub, _ in child.named_children()]
+            else:
+                order.append(name)
         groups, start = [], 0
         for module in info_modules:
-            end = names.index(module) + 1 if module in names else start
-            groups.append(names[start:end])
+            end = order.index(module) + 1 if module in order else start
+            groups.append([root.get_submodule(n) for n in order[start:end]])
             start = max(start, end)
         return groups
 
@@ -106,7 +115,7 @@ class DenseBackbone(nn.Module):
         if self.frozen_stages >= len(groups):
             raise ValueError(f"frozen_stages={self.frozen_stages} but {self.model_name} has "
                              f"{len(groups)} stages")
-        self._frozen = [getattr(self.body, n) for g in groups[:self.frozen_stages + 1] for n in g]
+        self._frozen = [m for g in groups[:self.frozen_stages + 1] for m in g]
         for module in self._frozen:
             module.eval()
             for p in module.parameters():

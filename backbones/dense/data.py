@@ -9,7 +9,8 @@ the dataset flips (p 0.5) while training.
 ADE20K: ``images/{training,validation}/*.jpg`` with ``annotations/{training,validation}/*.png``
 (class ids 0..150, 0 = "other"; ``reduce_zero_label`` makes it 255 and shifts the rest to
 0..149). Training: random rescale of (2048, 512) by 0.5-2.0 keeping the ratio, a 512 crop whose
-largest class covers at most 75 % (10 tries), flip, padding to 512 with label 255. Evaluation: the
+largest class covers at most 75 % (10 tries), flip, photometric distortion, padding to 512 with
+label 255. Evaluation: the
 image rescaled to fit (2048, 512), logits resized back to the original label size.
 """
 import json
@@ -176,6 +177,26 @@ def coco_evaluate(detector, dataset, batch_size=2, device="cpu"):
     return summarize_coco(dataset, bbox, segm)
 
 
+def photometric_distortion(image, brightness_delta=32 / 255, contrast=(0.5, 1.5),
+                           saturation=(0.5, 1.5), hue_delta=18 / 360):
+    """mmseg's ``PhotoMetricDistortion`` on a [0, 1] RGB tensor: each of brightness, contrast,
+    saturation and hue changes with probability 0.5, contrast either first or last (p 0.5)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    def maybe(fn):
+        return fn() if random.random() < 0.5 else image
+
+    image = maybe(lambda: (image + random.uniform(-brightness_delta, brightness_delta)).clamp(0, 1))
+    contrast_first = random.random() < 0.5
+    if contrast_first:
+        image = maybe(lambda: TF.adjust_contrast(image, random.uniform(*contrast)))
+    image = maybe(lambda: TF.adjust_saturation(image, random.uniform(*saturation)))
+    image = maybe(lambda: TF.adjust_hue(image, random.uniform(-hue_delta, hue_delta)))
+    if not contrast_first:
+        image = maybe(lambda: TF.adjust_contrast(image, random.uniform(*contrast)))
+    return image
+
+
 class ADE20KSegmentation(torch.utils.data.Dataset):
     """ADE20K-layout semantic segmentation: items are ``(image (3, H, W) float in [0, 1], label
     (H, W) int64)``; training items are 512 crops, evaluation items full images rescaled to fit
@@ -260,6 +281,7 @@ class ADE20KSegmentation(torch.utils.data.Dataset):
         image, label = image[:, y:y + ch, x:x + cw], label[y:y + ch, x:x + cw]
         if random.random() < 0.5:
             image, label = image.flip(-1), label.flip(-1)
+        image = photometric_distortion(image)
         pad_h, pad_w = ch - image.shape[1], cw - image.shape[2]
         if pad_h > 0 or pad_w > 0:
             canvas = self.pad_value.expand(3, max(ch, image.shape[1]), max(cw, image.shape[2]))
