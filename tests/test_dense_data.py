@@ -325,3 +325,26 @@ def test_every_transfer_recipe_resolves_and_names_its_paper_result(config):
     assert cfg.model in backbones.list_zoo_models()
     assert cfg.paper and any(ch.isdigit() for ch in cfg.paper)
     assert cfg.drop_path is not None and cfg.pretrained
+
+
+@pytest.mark.slow
+def test_train_seg_under_torchrun_two_cpu_processes_agree(photos, tmp_path):
+    import re
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           os.path.join(root, "tools", "train_seg.py"),
+           os.path.join(root, "configs", "ade20k", "cswin_tiny_224_semantic_fpn_80k.py"),
+           "--data-dir", str(photos / "ade"), *SMALL_FLAGS, "--max-iters", "2",
+           "--val-interval", "2", "--warmup-iters", "1", "--batch-size", "1", "--workers", "0",
+           "--output", str(tmp_path), "--experiment", "ddp", "--cfg-options", "scale=[256,64]",
+           "crop_size=[64,64]", "num_classes=6", "pretrained=False", "amp=False"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    values = dict(re.findall(r"rank (\d+): final weights checksum (\S+)", out))
+    assert set(values) == {"0", "1"} and values["0"] == values["1"], out[-3000:]
+    assert "seg/mIoU" in out

@@ -283,6 +283,8 @@ def build_runner(cfg):
     net = _build_net(cfg, num_classes)
     if cfg.task == "segmentation":  # padded crop pixels normalise to 0, as mmseg pads
         train_set.pad_value = net.image_mean.view(3, 1, 1).clone()
+        if world_size > 1 and device.type == "cuda":  # mmseg's heads use SyncBN
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     if cfg.initial_checkpoint:
         state = torch.load(cfg.initial_checkpoint, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state.get("model", state))
@@ -395,4 +397,11 @@ def main(task, argv=None):
     except (DataError, FileNotFoundError, KeyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if runner.world_size > 1:  # lets a user (and the tests) see that the ranks agree
+        net = runner.model.module.net if hasattr(runner.model, "module") else runner.model.net
+        # parameters only: BatchNorm statistics stay per process on the CPU (SyncBN needs CUDA)
+        checksum = sum(p.detach().double().abs().sum().item() for p in net.parameters())
+        sys.stdout.flush()
+        os.write(sys.stdout.fileno(), f"rank {runner.rank}: final weights checksum "
+                                      f"{checksum:.12e}\n".encode())
     return runner
