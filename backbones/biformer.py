@@ -35,7 +35,7 @@ from timm.models import checkpoint_seq, generate_default_cfgs
 import ops
 
 from ._builder import build_zoo_model
-from ._helpers import check_image_input, unwrap_checkpoint
+from ._helpers import unwrap_checkpoint
 from .layers import StagedBackboneMixin
 from ._registry import register_zoo_model
 
@@ -416,14 +416,6 @@ class BiFormer(StagedBackboneMixin, nn.Module):
                                    drop_rate=drop_rate, input_fmt="NCHW")
         self.apply(self._init_weights)
 
-    def _check_input(self, x):
-        check_image_input(x, self.in_chans, type(self).__name__, min_size=self.min_input_size)
-
-    def forward_features(self, x):
-        self._check_input(x)
-        x = self.stem(x)
-        x = self.stages(x)
-        return self.norm(x)
 
 
 

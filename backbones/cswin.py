@@ -28,7 +28,7 @@ from timm.models import checkpoint_seq, generate_default_cfgs
 import ops
 
 from ._builder import build_zoo_model
-from ._helpers import check_image_input, unwrap_checkpoint
+from ._helpers import unwrap_checkpoint
 from .layers import StagedBackboneMixin
 from ._registry import register_zoo_model
 
@@ -179,6 +179,7 @@ class CSWinTransformer(StagedBackboneMixin, nn.Module):
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-5)
         self.num_classes = num_classes
         self.in_chans = in_chans
+        self.min_input_size = 3  # the 7x7 / stride-4 stem's smallest valid input
         self.output_fmt = "NHWC"
         self.grad_checkpointing = False
 
@@ -199,14 +200,6 @@ class CSWinTransformer(StagedBackboneMixin, nn.Module):
                                    drop_rate=drop_rate, input_fmt=self.output_fmt)
         self.apply(self._init_weights)
 
-    def _check_input(self, x):
-        check_image_input(x, self.in_chans, type(self).__name__, min_size=3)
-
-    def forward_features(self, x):
-        self._check_input(x)
-        x = self.stem(x)
-        x = self.stages(x)
-        return self.norm(x)
 
 
 

@@ -41,7 +41,7 @@ from torchvision.ops import deform_conv2d
 import ops
 
 from ._builder import build_zoo_model
-from ._helpers import check_image_input, unwrap_checkpoint
+from ._helpers import unwrap_checkpoint
 from .layers import StagedBackboneMixin
 from ._registry import register_zoo_model
 
@@ -352,14 +352,6 @@ class LITv2(StagedBackboneMixin, nn.Module):
                                    drop_rate=drop_rate, input_fmt=self.output_fmt)
         self.apply(self._init_weights)
 
-    def _check_input(self, x):
-        check_image_input(x, self.in_chans, type(self).__name__, min_size=self.min_input_size)
-
-    def forward_features(self, x):
-        self._check_input(x)
-        x = self.stem(x)
-        x = self.stages(x)
-        return self.norm(x)
 
 
 # ---------------------------------------------------------------------------------------------

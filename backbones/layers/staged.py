@@ -5,12 +5,22 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from timm.models._features import feature_take_indices
 
+from .._helpers import check_image_input
+
 
 class StagedBackboneMixin:
     """For models with ``self.stem``, ``self.stages`` (each with ``downsample`` / ``blocks`` and a
     ``grad_checkpointing`` flag), ``self.norm``, ``self.feature_norms`` (None or one norm per
     stage), a timm ``ClassifierHead`` as ``self.head``, ``self.output_fmt`` (the stages' own
-    layout, ``"NHWC"`` or ``"NCHW"``) and ``self._check_input(x)``."""
+    layout, ``"NHWC"`` or ``"NCHW"``), ``self.in_chans`` and ``self.min_input_size`` (the
+    smallest image side the model takes)."""
+
+    def _check_input(self, x):
+        check_image_input(x, self.in_chans, type(self).__name__, min_size=self.min_input_size)
+
+    def forward_features(self, x):
+        self._check_input(x)
+        return self.norm(self.stages(self.stem(x)))
 
     @staticmethod
     def _init_weights(m):
