@@ -26,15 +26,9 @@ def main(argv=None):
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if runner.world_size > 1:  # lets a user (and the tests) see that the ranks agree
-        from backbones.training.engine import full_state
+        from backbones.training.engine import full_state, print_rank_checksum
         net = runner.model.module.net if hasattr(runner.model, "module") else runner.model.net
-        state = full_state(net.state_dict())  # every rank: gathers FSDP shards
-        checksum = sum(v.double().abs().sum().item() for v in state.values()
-                       if v.is_floating_point())
-        sys.stdout.flush()
-        # one write() call: atomic on a pipe, so other ranks' output cannot split the line
-        os.write(sys.stdout.fileno(), f"rank {runner.rank}: final weights checksum "
-                                      f"{checksum:.12e}\n".encode())
+        print_rank_checksum(runner.rank, full_state(net.state_dict()).values())  # gathers FSDP
     return runner
 
 

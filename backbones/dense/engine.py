@@ -400,8 +400,5 @@ def main(task, argv=None):
     if runner.world_size > 1:  # lets a user (and the tests) see that the ranks agree
         net = runner.model.module.net if hasattr(runner.model, "module") else runner.model.net
         # parameters only: BatchNorm statistics stay per process on the CPU (SyncBN needs CUDA)
-        checksum = sum(p.detach().double().abs().sum().item() for p in net.parameters())
-        sys.stdout.flush()
-        os.write(sys.stdout.fileno(), f"rank {runner.rank}: final weights checksum "
-                                      f"{checksum:.12e}\n".encode())
+        cls_engine.print_rank_checksum(runner.rank, net.parameters())
     return runner

@@ -946,6 +946,15 @@ def _resume_target(cfg, work_dir):
     raise FileNotFoundError(f"--resume {target!r}: no such run folder or checkpoint")
 
 
+def print_rank_checksum(rank, tensors):
+    """``rank R: final weights checksum X`` on stdout in one ``write()`` (atomic on a pipe, so
+    the ranks' lines cannot interleave): lets users and tests see that DDP ranks agree."""
+    import sys
+    checksum = sum(t.detach().double().abs().sum().item() for t in tensors if t.is_floating_point())
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), f"rank {rank}: final weights checksum {checksum:.12e}\n".encode())
+
+
 def train(cfg):
     """Build the run and train; returns the runner (its ``zoo`` dict has the run's facts)."""
     runner = build_runner(cfg)
