@@ -36,6 +36,10 @@ OFFICIAL_PARAM_COUNTS = {
     "litv2_medium_224": 48_830_368,
     "litv2_base_224": 86_520_704,
     "litv2_base_384": 86_520_704,
+    "shvit_s1_224": 6_330_808,
+    "shvit_s2_224": 11_483_072,
+    "shvit_s3_224": 14_245_273,
+    "shvit_s4_256": 16_588_484,
 }
 # Non-default pretrained tags whose architecture differs (another head; LITv2-S alpha ablations:
 # another Lo-Fi / Hi-Fi head split, counted with the official code).
