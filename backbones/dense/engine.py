@@ -20,7 +20,8 @@ from mmengine.optim import AmpOptimWrapper, OptimWrapper
 
 from ..training import engine as cls_engine
 from ..training.data import DataError
-from .data import ADE20KSegmentation, CocoDetection, detection_collate, to_coco_results
+from .data import (
+    ADE20KSegmentation, CocoDetection, detection_collate, summarize_coco, to_coco_results)
 from .detection import DETECTORS, build_detector
 from .metrics import intersect_and_union
 from .segmentation import build_segmentor
@@ -171,7 +172,6 @@ class CocoMetric(BaseMetric):
                                                 self.dataset.cat_ids))
 
     def compute_metrics(self, results):
-        from .data import summarize_coco
         bbox = [r for res in results for r in res["bbox"]]
         segm = [r for res in results for r in res["segm"]]
         return summarize_coco(self.dataset, bbox, segm)
@@ -334,7 +334,7 @@ def build_runner(cfg):
     collate = dict(type=detection_collate)
     loader = dict(num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
                   pin_memory=device.type == "cuda", collate_fn=collate)
-    train_loader = dict(dataset=train_set, batch_size=cfg.batch_size, drop_last=by_epoch is False,
+    train_loader = dict(dataset=train_set, batch_size=cfg.batch_size, drop_last=not by_epoch,
                         sampler=dict(type="DefaultSampler" if by_epoch else "InfiniteSampler",
                                      shuffle=True, seed=cfg.seed), **loader)
     val_loader = dict(dataset=val_set, batch_size=1 if not by_epoch else cfg.batch_size,
