@@ -1,0 +1,5 @@
+# SHViT-S2, ImageNet-1K from scratch at 224: 8 GPUs x 256, weight decay 0.032. Official README: 75.2 top-1.
+_base_ = ["./_base_/shvit.py"]
+model = "shvit_s2_224"
+img_size = 224
+weight_decay = 0.032
