@@ -62,10 +62,11 @@ def naive_window_attention(q, k, v, window_size, window_offset, padding, scale):
     ((6, 9), (1, 9), (0, 0)),       # 1-row stripes
     ((6, 9), None, (0, 0)),         # full grid
 ])
-def test_reference_matches_naive_definition(grid, window, offset, padding):
+@pytest.mark.parametrize("d_v", [5, 8])  # d_qk != d_v and == d_v take different PyTorch paths
+def test_reference_matches_naive_definition(grid, window, offset, padding, d_v):
     H, W = grid
     q, k, v = (_randn(2, 2, H, W, d, dtype=torch.float64, seed=s)
-               for d, s in ((8, 1), (8, 2), (5, 3)))
+               for d, s in ((8, 1), (8, 2), (d_v, 3)))
     out = ops.window_attention_2d(q, k, v, window, window_offset=offset, padding=padding,
                                   backend="reference")
     expected = naive_window_attention(q, k, v, window, offset, padding, 8 ** -0.5)
