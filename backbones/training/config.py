@@ -35,7 +35,7 @@ DEFAULTS = dict(
     aa=None, color_jitter=0.4, hflip=0.5, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
     train_interpolation="random", reprob=0.0, remode="pixel", recount=1,
     mixup=0.0, cutmix=0.0, mixup_prob=1.0, mixup_switch_prob=0.5, mixup_mode="batch",
-    smoothing=0.1, aug_repeats=0,
+    smoothing=0.1, bce_loss=False, bce_target_thresh=None, aug_repeats=0,
     model_ema=False, model_ema_decay=0.9998,
     # fine-tuning
     head_init_scale=None,
@@ -89,6 +89,7 @@ _VALUE_FLAGS = {
     "mixup_switch_prob": (float, "probability of cutmix instead of mixup"),
     "mixup_mode": (str, "batch, pair or elem"),
     "smoothing": (float, "label smoothing"),
+    "bce_target_thresh": (float, "with --bce-loss: binarise (mixed) targets at this value"),
     "aug_repeats": (int, "repeated augmentation count (0 = off)"),
     "model_ema_decay": (float, "EMA decay per step"),
     "amp_dtype": (str, "bfloat16 or float16"),
@@ -105,6 +106,7 @@ _VALUE_FLAGS = {
 _SWITCHES = {
     "pretrained": "start from the model's pretrained weights",
     "grad_checkpointing": "activation checkpointing", "model_ema": "keep an EMA of the weights",
+    "bce_loss": "binary cross-entropy on the (mixed) targets instead of softmax cross-entropy",
     "amp": "mixed precision (bf16 by default; fp16 uses a grad scaler)",
     "channels_last": "channels-last memory format", "torchcompile": "torch.compile the model",
     "fsdp": "shard the model with FSDP (many GPUs; large variants)",

@@ -23,7 +23,7 @@ from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
 from mmengine.model import BaseDataPreprocessor, BaseModel
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
-from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from . import data as zoo_data
 
@@ -107,11 +107,18 @@ class ZooClassifier(BaseModel):
     """mmengine's model interface around a timm classifier (``self.net``): ``mode='loss'`` applies
     mixup / cutmix and the matching loss, ``mode='predict'`` returns logits for the metric."""
 
-    def __init__(self, net, mixup_fn=None, smoothing=0.0, channels_last=False, compile=False):
+    def __init__(self, net, mixup_fn=None, smoothing=0.0, channels_last=False, compile=False,
+                 bce_loss=False, bce_target_thresh=None):
         super().__init__(data_preprocessor=ImagePreprocessor(channels_last))
         self.net = net
         self.mixup_fn = mixup_fn
-        if mixup_fn is not None:
+        if bce_loss:
+            # timm's train.py: per-class sigmoid BCE (ResNet Strikes Back); mixup's soft targets
+            # are binarised at bce_target_thresh when set, else smoothed here
+            self.train_loss = BinaryCrossEntropy(
+                smoothing=0.0 if mixup_fn is not None else smoothing,
+                target_threshold=bce_target_thresh)
+        elif mixup_fn is not None:
             # mixup builds soft (smoothed) targets itself
             self.train_loss = SoftTargetCrossEntropy()
         elif smoothing:
@@ -763,7 +770,8 @@ def build_runner(cfg):
         mixup_fn = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
                          switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode,
                          label_smoothing=cfg.smoothing, num_classes=net.num_classes)
-    model = ZooClassifier(net, mixup_fn, cfg.smoothing, cfg.channels_last, cfg.torchcompile)
+    model = ZooClassifier(net, mixup_fn, cfg.smoothing, cfg.channels_last, cfg.torchcompile,
+                          bce_loss=cfg.bce_loss, bce_target_thresh=cfg.bce_target_thresh)
     if cfg.channels_last:
         net.to(memory_format=torch.channels_last)
     if cfg.fsdp:  # shard before the optimizer is built: it must hold the sharded parameters
