@@ -4,12 +4,13 @@
 pretrained=True)`` works. Zoo names are ``<family>_<variant>_<resolution>`` and never replace a
 model timm already has.
 """
-from . import biformer, cswin, litv2, shvit  # noqa: F401  (registers the families with timm)
+from . import biformer, cswin, halonet, litv2, shvit  # noqa: F401  (registers the families with timm)
 from ._pretrained import PretrainedWeightsError
 from ._registry import list_zoo_families, list_zoo_models
 from .version import __version__
 
-FAMILIES = {"biformer": biformer, "cswin": cswin, "litv2": litv2, "shvit": shvit}
+FAMILIES = {"biformer": biformer, "cswin": cswin, "halonet": halonet, "litv2": litv2,
+            "shvit": shvit}
 
 
 def get_family_module(name):

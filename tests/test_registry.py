@@ -44,18 +44,33 @@ def test_registering_a_timm_name_raises():
 
 @pytest.mark.parametrize("name", ZOO)
 def test_name_is_family_variant_resolution(name):
+    """``<family>_<variant>_<resolution>``; a family that hosts timm's own architectures under
+    zoo names (HaloNet's hybrids) names them ``<timm architecture>_<resolution>``."""
     family = backbones._registry._ZOO_MODELS[name]
-    match = re.fullmatch(rf"{family}_([a-z0-9]+_)+(\d+)", name)
+    timm_twin = getattr(backbones.get_family_module(family), "TIMM_EQUIVALENTS", {}).get(name)
+    prefix = re.escape(timm_twin) if timm_twin and not name.startswith(family + "_") \
+        else rf"{family}_([a-z0-9]+_)*[a-z0-9]+"
+    match = re.fullmatch(rf"{prefix}_(?P<res>\d+)", name)
     assert match, f"{name} is not <family>_<variant>_<resolution>"
+    assert timm.models.get_pretrained_cfg(name).input_size[-1] == int(match.group("res"))
     for tag_name in timm.list_pretrained(name + ".*"):
         cfg = timm.models.get_pretrained_cfg(tag_name)
-        assert cfg.input_size[-1] == int(match.group(2)), tag_name
+        assert cfg.input_size[-1] == int(match.group("res")), tag_name
 
 
 @pytest.mark.parametrize("name", ZOO)
 def test_default_cfgs_carry_real_sources_and_metadata(name):
     tags = timm.list_pretrained(name + ".*")
-    assert tags, f"{name} has no pretrained tag"
+    if not tags:
+        # a paper configuration nobody released weights for (timm's convention: the tag
+        # 'untrained', no url, not listed as pretrained); asking for weights must say so
+        cfg = timm.models.get_pretrained_cfg(name)
+        assert cfg.tag == "untrained" and not cfg.url and not cfg.hf_hub_id
+        assert cfg.paper_ids and cfg.notes
+        assert not timm.is_model_pretrained(name)
+        with pytest.raises(backbones.PretrainedWeightsError, match="no pretrained weights"):
+            timm.create_model(name, pretrained=True)
+        return
     for tag_name in tags:
         cfg = timm.models.get_pretrained_cfg(tag_name)
         assert urlparse(cfg.url).scheme == "https"
