@@ -317,6 +317,97 @@ def test_detector_fpn_levels_follow_mmdet():
         build_detector("yolo", "cswin_tiny_224", num_classes=80)
 
 
+def _neck_params(module):
+    return sum(p.numel() for n, p in module.named_parameters() if not n.startswith("backbone."))
+
+
+@pytest.mark.parametrize("kind,strides,params", [
+    # ysj9909/SHViT downstream configs: EfficientViTFPN(in_channels=[224, 336, 448], 256, num_outs=5)
+    # Mask R-CNN: num_extra_trans_convs=2 -> 1x1 laterals, 3x3 outputs, 2 x (2x2 transposed + 3x3)
+    ("mask_rcnn", [4, 8, 16, 32, 64],
+     (224 + 336 + 448) * 256 + 3 * 256 + 5 * (9 * 256 * 256 + 256) + 2 * (4 * 256 * 256 + 256)),
+    # RetinaNet: num_extra_trans_convs=1, add_extra_convs='on_input' (3x3/2 on the 448-ch map)
+    ("retinanet", [8, 16, 32, 64, 128],
+     (224 + 336 + 448) * 256 + 3 * 256 + 4 * (9 * 256 * 256 + 256) + (4 * 256 * 256 + 256)
+     + (9 * 448 * 256 + 256)),
+])
+def test_shvit_detectors_get_the_official_upsampling_fpn(kind, strides, params):
+    """SHViT's maps are strides 16 / 32 / 64 (a plain FPN "learns nothing", ysj9909/SHViT#2):
+    the neck upsamples to the detector's finest levels as the official EfficientViTFPN does."""
+    from backbones.dense import UpsampledFPN, build_detector
+    detector = build_detector(kind, "shvit_s4_256", num_classes=80, min_size=256, max_size=320)
+    assert isinstance(detector.backbone, UpsampledFPN)
+    assert _neck_params(detector.backbone) == params
+    images, _ = detector.eval().transform([torch.rand(3, 250, 310)])
+    with torch.no_grad():
+        feats = detector.backbone(images.tensors)
+    height = images.tensors.shape[-2]  # 256: every stride divides it
+    assert [height // f.shape[-2] for f in feats.values()] == strides
+    assert all(f.shape[1] == 256 for f in feats.values())
+
+
+@pytest.mark.parametrize("kind", ["mask_rcnn", "retinanet"])
+def test_shvit_detector_trains_a_step_and_predicts(kind):
+    from backbones.dense import build_detector
+    torch.manual_seed(0)
+    detector = build_detector(kind, "shvit_s1_224", num_classes=3, min_size=128, max_size=160,
+                              detector_kwargs=LIGHT_RCNN if kind == "mask_rcnn" else None)
+    images, targets = _detection_batch(kind == "mask_rcnn")
+    losses = detector.train()(images, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert detector.backbone.up_convs[0].weight.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for p in detector.backbone.backbone.parameters())
+    with torch.no_grad():
+        out = detector.eval()(images)
+    assert len(out) == 2 and (kind == "mask_rcnn") == ("masks" in out[0])
+
+
+def test_upsampled_fpn_follows_efficientvit_fpn_step_by_step():
+    from backbones.dense import UpsampledFPN
+
+    class Maps(torch.nn.Module):  # a stand-in backbone: three maps at strides 16, 32, 64
+        channels, strides = [6, 8, 10], [16, 32, 64]
+
+        def forward(self, x):
+            g = torch.Generator().manual_seed(0)
+            return [torch.randn(1, c, 8 // 2 ** i, 10 // 2 ** i, generator=g)
+                    for i, c in enumerate(self.channels)]
+
+    torch.manual_seed(0)
+    for extra, num_extra in (("maxpool", 1), ("conv_on_input", 2)):
+        neck = UpsampledFPN(Maps(), (0, 1, 2), out_channels=4, num_up=2, num_extra=num_extra,
+                            extra=extra)
+        for p in neck.parameters():
+            p.data.normal_()  # mmdet inits biases to 0: make them count
+        out = list(neck(None).values())
+        c = Maps()(None)
+        lat = [conv(x) for conv, x in zip(neck.lateral_convs, c)]
+        lat[1] = lat[1] + F.interpolate(lat[2], size=lat[1].shape[-2:])
+        lat[0] = lat[0] + F.interpolate(lat[1], size=lat[0].shape[-2:])
+        up8 = neck.up_convs[0](lat[0])      # stride 8, from the summed finest lateral
+        up4 = neck.up_convs[1](up8)         # stride 4
+        expected = [neck.up_fpn_convs[1](up4), neck.up_fpn_convs[0](up8)]
+        expected += [conv(x) for conv, x in zip(neck.fpn_convs, lat)]
+        if extra == "maxpool":
+            expected.append(expected[-1][:, :, ::2, ::2])
+        else:
+            p6 = neck.extra_convs[0](c[-1])
+            expected += [p6, neck.extra_convs[1](p6)]
+        assert len(out) == len(expected) == 2 + 3 + num_extra
+        for a, b in zip(out, expected):
+            torch.testing.assert_close(a, b)
+
+
+def test_detector_levels_skip_a_stride_2_stem_tap():
+    from backbones.dense import build_detector
+    rcnn = build_detector("mask_rcnn", "halonet26t_256", num_classes=3)
+    retina = build_detector("retinanet", "halonet26t_256", num_classes=3)
+    assert rcnn.backbone.backbone.strides == [2, 4, 8, 16, 32]
+    assert rcnn.backbone.in_levels == (1, 2, 3, 4) and retina.backbone.in_levels == (2, 3, 4)
+
+
 # ----------------------------------------------------------------------------- mmdet / mmseg
 
 def test_zoo_backbone_registers_in_an_openmmlab_registry():

@@ -6,15 +6,23 @@ RetinaNet and FCOS, set up the way the papers' mmdet configs set them up where t
 * RetinaNet: FPN over stages 2-4 (mmdet ``start_level=1``) with P6 / P7 from the last backbone map
   (``add_extra_convs='on_input'``), anchors ``4 * stride * 2^(k/3)``, 3 ratios.
 * FCOS: FPN over stages 2-4 with P6 / P7 from P5 (torchvision's FCOS recipe).
+* Backbones whose finest map is coarser than the detector's finest level (SHViT: strides
+  16 / 32 / 64) get :class:`UpsampledFPN`, the official SHViT / EfficientViT neck
+  (``EfficientViTFPN``): the finest top-down lateral is upsampled by stride-2 transposed convs
+  to the missing levels (R-CNNs: strides 4 and 8; RetinaNet / FCOS: 8).
+* Levels are chosen by stride (R-CNNs: 4-64, one-stage: 8-128), so a stride-2 stem tap (timm's
+  ResNet-style nets, HaloNet) is never an FPN input.
 * Images resized to (800, 1333), normalised with the backbone's mean / std, padded to 32.
 
 torchvision differs from mmdet in details (RoIAlign ``aligned=False`` with ``sampling_ratio=2``,
 RPN / RoI sampler defaults), so absolute AP is comparable to, not identical with, the papers'.
 """
+import math
 from collections import OrderedDict
 
 import timm
 import torch.nn as nn
+import torch.nn.functional as F
 from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops.feature_pyramid_network import (
@@ -22,7 +30,7 @@ from torchvision.ops.feature_pyramid_network import (
 
 from .adapter import DenseBackbone
 
-__all__ = ["DETECTORS", "BackboneFPN", "build_detector"]
+__all__ = ["DETECTORS", "BackboneFPN", "UpsampledFPN", "build_detector"]
 
 DETECTORS = ("mask_rcnn", "faster_rcnn", "retinanet", "fcos")
 
@@ -47,6 +55,82 @@ class BackboneFPN(nn.Module):
         return self.fpn(OrderedDict((str(i), feats[level]) for i, level in enumerate(self.in_levels)))
 
 
+class UpsampledFPN(nn.Module):
+    """FPN for backbones without fine levels, as the official SHViT detectors build it (mmdet
+    ``EfficientViTFPN``, from EfficientViT / LightViT): 1x1 laterals and the nearest-neighbour
+    top-down sum over the backbone maps, then ``num_up`` stride-2 2x2 transposed convs chained
+    from the finest lateral (after the top-down sum), each followed by a 3x3 conv; 3x3 output convs
+    on the backbone levels; then ``num_extra`` coarser levels: a 3x3 stride-2 conv on the last
+    backbone map and on each new level (``extra='conv_on_input'``, RetinaNet) or a stride-2
+    subsampling of the last output (``extra='maxpool'``, mmdet's ``max_pool2d(x, 1, 2)``).
+    Outputs finest first, as an ``OrderedDict`` named ``'0'``, ``'1'`` ... for torchvision."""
+
+    def __init__(self, backbone, in_levels, out_channels=256, num_up=0, num_extra=0,
+                 extra="maxpool"):
+        super().__init__()
+        if extra not in ("maxpool", "conv_on_input"):
+            raise ValueError(f"extra must be 'maxpool' or 'conv_on_input', got {extra!r}")
+        self.backbone = backbone
+        self.in_levels = tuple(in_levels)
+        channels = [backbone.channels[i] for i in self.in_levels]
+        self.lateral_convs = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in channels)
+        self.fpn_convs = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1)
+                                       for _ in channels)
+        self.up_convs = nn.ModuleList(nn.ConvTranspose2d(out_channels, out_channels, 2, stride=2)
+                                      for _ in range(num_up))
+        self.up_fpn_convs = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1)
+                                          for _ in range(num_up))
+        self.extra = extra
+        self.num_extra = num_extra
+        self.extra_convs = nn.ModuleList(
+            nn.Conv2d(channels[-1] if i == 0 else out_channels, out_channels, 3, stride=2, padding=1)
+            for i in range(num_extra if extra == "conv_on_input" else 0))
+        self.out_channels = out_channels
+        for convs in (self.lateral_convs, self.fpn_convs, self.up_convs, self.up_fpn_convs,
+                      self.extra_convs):
+            for m in convs:  # mmdet's FPN init
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        feats = self.backbone(x)
+        inputs = [feats[level] for level in self.in_levels]
+        laterals = [conv(f) for conv, f in zip(self.lateral_convs, inputs)]
+        for i in range(len(laterals) - 1, 0, -1):
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(
+                laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
+        ups, prev = [], laterals[0]
+        for up in self.up_convs:
+            prev = up(prev)
+            ups.insert(0, prev)
+        outs = [conv(u) for conv, u in zip(reversed(self.up_fpn_convs), ups)]
+        outs += [conv(lat) for conv, lat in zip(self.fpn_convs, laterals)]
+        if self.extra == "maxpool":
+            for _ in range(self.num_extra):
+                outs.append(F.max_pool2d(outs[-1], 1, stride=2))
+        else:
+            source = inputs[-1]
+            for conv in self.extra_convs:
+                source = conv(source)
+                outs.append(source)
+        return OrderedDict((str(i), out) for i, out in enumerate(outs))
+
+
+def _levels_for(strides, finest, coarsest):
+    """Backbone levels with ``finest <= stride <= coarsest``, and how many stride-2 levels the
+    neck must add below (upsampled) and above (extra) them to span ``finest..coarsest`` (or
+    ``finest..32`` + pooling when the backbone reaches 32 but not ``coarsest``)."""
+    levels = [i for i, s in enumerate(strides) if finest <= s <= coarsest]
+    if not levels:
+        raise ValueError(f"feature strides {strides}: none in {finest}..{coarsest}")
+    used = [strides[i] for i in levels]
+    if any(b != 2 * a for a, b in zip(used, used[1:])):
+        raise ValueError(f"feature strides {used} do not double level to level")
+    num_up = int(round(math.log2(used[0] / finest)))
+    num_extra = int(round(math.log2(coarsest / used[-1])))
+    return levels, num_up, num_extra
+
+
 def build_detector(kind, model_name, num_classes, pretrained=False, min_size=800,
                    max_size=1333, detector_kwargs=None, **backbone_kwargs):
     """A torchvision detector (``kind`` in ``DETECTORS``) on ``DenseBackbone(model_name,
@@ -60,23 +144,23 @@ def build_detector(kind, model_name, num_classes, pretrained=False, min_size=800
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     backbone_kwargs.setdefault("task", "detection")
     backbone = DenseBackbone(model_name, pretrained=pretrained, **backbone_kwargs)
-    if len(backbone.channels) < 3:
-        raise ValueError(f"{model_name} gives {len(backbone.channels)} feature maps; detectors "
-                         "need at least 3 (strides 8, 16, 32)")
     cfg = timm.get_pretrained_cfg(model_name.split(".")[0])
     mean, std = (list(cfg.mean), list(cfg.std)) if cfg is not None else (None, None)
     common = dict(min_size=min_size, max_size=max_size, image_mean=mean, image_std=std,
                   **(detector_kwargs or {}))
-    n = len(backbone.channels)
-    if kind in ("mask_rcnn", "faster_rcnn"):
-        body = BackboneFPN(backbone, range(n), extra="maxpool")
-        levels = n + 1
-        anchors = AnchorGenerator(tuple((32 * 2 ** i,) for i in range(levels)),
-                                  ((0.5, 1.0, 2.0),) * levels)
+    rcnn = kind in ("mask_rcnn", "faster_rcnn")
+    # mmdet's levels: R-CNNs P2-P6 (strides 4-64), one-stage detectors P3-P7 (8-128)
+    levels, num_up, num_extra = _levels_for(backbone.strides, *((4, 64) if rcnn else (8, 128)))
+    if num_up == 0 and num_extra == (1 if rcnn else 2):  # strides 4 / 8 .. 32: mmdet's FPN
+        extra = "maxpool" if rcnn else "p6p7_on_input" if kind == "retinanet" else "p6p7_on_output"
+        body = BackboneFPN(backbone, levels, extra=extra)
+    else:
+        body = UpsampledFPN(backbone, levels, num_up=num_up, num_extra=num_extra,
+                            extra="maxpool" if rcnn else "conv_on_input")
+    if rcnn:
+        anchors = AnchorGenerator(tuple((32 * 2 ** i,) for i in range(5)), ((0.5, 1.0, 2.0),) * 5)
         cls = MaskRCNN if kind == "mask_rcnn" else FasterRCNN
         return cls(body, num_classes=num_classes + 1, rpn_anchor_generator=anchors, **common)
-    body = BackboneFPN(backbone, range(n - 3, n),
-                       extra="p6p7_on_input" if kind == "retinanet" else "p6p7_on_output")
     sizes = tuple((x, int(x * 2 ** (1 / 3)), int(x * 2 ** (2 / 3))) for x in (32, 64, 128, 256, 512))
     if kind == "retinanet":
         anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * 5)
