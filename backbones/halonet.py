@@ -36,7 +36,6 @@ the computation is timm's.
 """
 import math
 from functools import partial
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -44,7 +43,6 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, make_divisible, trunc_normal_
 from timm.models import generate_default_cfgs
-from torch.utils.checkpoint import checkpoint
 from timm.models.byobnet import ByoBlockCfg, ByoModelCfg, ByobNet, create_shortcut, interleave_blocks
 
 import ops
@@ -55,29 +53,6 @@ from ._registry import register_zoo_model
 
 __all__ = ["HaloNet", "HaloAttention", "HaloAttnBlock", "checkpoint_filter_fn",
            "create_from_official", "model_cfgs"]
-
-
-# How the reference (CPU) path splits a layer's ops.halo_attention_2d call (HaloAttention._attend),
-# in logits bytes per call. Measured on the 2-core CPU with HaloNet-H1 at 256 px:
-# * The cost is not the arithmetic but fresh memory: a temporary above glibc's mmap threshold
-#   (dynamic, <= 32 MiB) is mapped fresh, page-faulted and zeroed on every call, and the reference
-#   makes ~5 logits-sized ones. Calls whose temporaries stay under it reuse heap memory: batch 8,
-#   1 thread, CPU time 1.9-2.1 s with 8-32 MiB per call vs 4.3-4.9 s unchunked (timm 4.2-4.7 s;
-#   with glibc told never to unmap, unchunked and chunked both take 2.2 s, timm 2.5 s). At batch 1
-#   calls up to 12 MiB stay fast (254-290 ms vs 423-465 ms unchunked, timm 400-480 ms).
-# * Every call costs ~15 OpenMP parallel regions, and each region's barrier is expensive when
-#   another process holds a core (2 threads pinned to one core: batch 8 took 32 s with 8 MiB calls,
-#   13 s with 32 MiB, 11 s unchunked, timm 12 s). So only layers with more than twice
-#   REFERENCE_CHUNK_BYTES of logits are split, into at most REFERENCE_MAX_CALLS calls of at least
-#   REFERENCE_CHUNK_BYTES, and into more only when a call would exceed REFERENCE_CHUNK_BYTES_MAX.
-# * With autograd (a training step) the saved softmax outputs dominate: calls under the mmap
-#   threshold fragment the heap around them (resident peak +1.5 GB at batch 8), 64 MiB calls are
-#   mapped and unmapped whole (peak = timm's, step 6.1-7.5 s vs 9.8 s unchunked, 1 thread).
-REFERENCE_CHUNK_BYTES = 8 << 20
-REFERENCE_CHUNK_BYTES_MAX = 32 << 20
-REFERENCE_MAX_CALLS = 4
-REFERENCE_CHUNK_BYTES_AUTOGRAD = 64 << 20
-REFERENCE_RECOMPUTE = True
 
 
 class HaloRelPosEmbed(nn.Module):
@@ -156,45 +131,6 @@ class HaloAttention(nn.Module):
         trunc_normal_(self.pos_embed.height_rel, std=self.scale)
         trunc_normal_(self.pos_embed.width_rel, std=self.scale)
 
-    def _attend(self, q, k, v):
-        """``ops.halo_attention_2d`` over ``(B, heads, H, W, d)`` views. On the PyTorch reference
-        (CPU) path the call is split over (sample, head) slices so that the reference's
-        logits-sized temporaries (``win**2`` per query) reuse heap memory instead of being mapped
-        fresh on every call (2x faster at batch 8 in HaloNet-H1), in few calls (see
-        ``REFERENCE_CHUNK_BYTES`` for the measurements). Heads and samples are independent, so
-        the result is the same; the fused kernel never stores logits and gets one call."""
-        call = partial(ops.halo_attention_2d, block_size=self.block_size,
-                       halo_size=self.halo_size, stride=self.block_stride,
-                       rel_pos=(self.pos_embed.height_rel, self.pos_embed.width_rel),
-                       scale=self.scale, scale_pos_embed=self.scale_pos_embed)
-        if ops.current_default_backend(q.device) != "reference":
-            return call(q, k, v)
-        autograd = torch.is_grad_enabled() and any(
-            t.requires_grad for t in (q, k, v, self.pos_embed.height_rel, self.pos_embed.width_rel))
-        if autograd and REFERENCE_RECOMPUTE:
-            return checkpoint(self._attend_reference, call, q, k, v, True, use_reentrant=False)
-        return self._attend_reference(call, q, k, v, autograd)
-
-    def _attend_reference(self, call, q, k, v, autograd):
-        B, heads, Hq, Wq, _ = q.shape
-        n = B * heads
-        total = n * Hq * Wq * self.win_size ** 2 * q.element_size()  # the layer's logits
-        if autograd:
-            budget = REFERENCE_CHUNK_BYTES_AUTOGRAD
-        else:
-            budget = min(REFERENCE_CHUNK_BYTES_MAX,
-                         max(REFERENCE_CHUNK_BYTES, total / REFERENCE_MAX_CALLS))
-            if total <= 2 * REFERENCE_CHUNK_BYTES:
-                budget = total  # small layers: one call
-        calls = min(n, math.ceil(total / budget)) if total else 1
-        if calls <= 1:
-            return call(q, k, v)
-        step = -(-n // calls)
-        q, k, v = q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1)  # views
-        outs = [call(q[i:i + step, None], k[i:i + step, None], v[i:i + step, None])
-                for i in range(0, n, step)]
-        return torch.cat(outs).view(B, heads, Hq, Wq, -1)
-
     def forward(self, x):
         B, _, H, W = x.shape
         bs, stride = self.block_size, self.block_stride
@@ -212,7 +148,10 @@ class HaloAttention(nn.Module):
         q = q.view(B, heads, d_qk, Hqp, Wqp).permute(0, 1, 3, 4, 2)
         kv = kv.view(B, heads, d_qk + d_v, Hp, Wp).permute(0, 1, 3, 4, 2)
         k, v = kv[..., :d_qk], kv[..., d_qk:]
-        out = self._attend(q, k, v)
+        out = ops.halo_attention_2d(
+            q, k, v, bs, self.halo_size, stride=stride,
+            rel_pos=(self.pos_embed.height_rel, self.pos_embed.width_rel), scale=self.scale,
+            scale_pos_embed=self.scale_pos_embed)
         out = out.permute(0, 1, 4, 2, 3).reshape(B, heads * d_v, Hqp, Wqp)
         if (Hqp, Wqp) != (Hq, Wq):
             out = out[:, :, :Hq, :Wq]

@@ -32,8 +32,11 @@ with an odd block size or ``avg_down``: call with ``stride=1`` and ``F.avg_pool2
 padding inputs whose size is not a multiple of ``block_size`` (padding ``x`` with zeros before a
 bias-free kv projection equals padding k/v with zeros, so the caller may pad and crop).
 """
+import math
+
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ._backend import resolve_backend
 from ._checks import check_qkv
@@ -143,6 +146,66 @@ def halo_attention_reference(q, k, v, block_size, halo_size, stride, rel_pos, sc
     return from_blocks(out.view(B, heads, *out.shape[1:]), (Hq, Wq), bq)
 
 
+# How the reference path runs on the CPU (measured on the 2-core CPU with HaloNet-H1 at 256 px;
+# the fused kernel never stores logits and ignores all of this). Sizes are a call's logits bytes
+# (B * heads * queries * win², float32: the layer's 64x64 stage-1 map is 25.7 MB per image).
+# * The cost is not the arithmetic but fresh memory: a temporary above glibc's mmap threshold
+#   (dynamic, <= 32 MiB) is mapped fresh, page-faulted and zeroed on every call, and the reference
+#   makes ~5 logits-sized ones. Split over (sample, head) slices whose temporaries stay under it,
+#   a call reuses heap memory: batch 8, 1 thread, 1.9-2.1 s with 8-32 MiB slices vs 4.3-4.9 s in
+#   one call (timm 4.2-4.7 s); at batch 1, 254-290 ms vs 423-465 ms.
+# * Every slice costs ~15 OpenMP parallel regions whose barriers are expensive when another
+#   process holds a core, so only calls above twice REFERENCE_CHUNK_BYTES are split, into at most
+#   REFERENCE_MAX_CALLS slices of at least REFERENCE_CHUNK_BYTES (more only when a slice would
+#   exceed REFERENCE_CHUNK_BYTES_MAX).
+# * With autograd the saved softmax dominates: small slices fragment the heap around it (resident
+#   peak +1.5 GB at batch 8), 64 MiB slices are mapped and unmapped whole. Calls above
+#   REFERENCE_RECOMPUTE_BYTES are recomputed in the backward pass instead of saved (training step
+#   at batch 8: 6.1-7.5 s vs 9.8 s, 1 thread; peak 1.6 GB vs 1.9 GB with only stage 1's 205 MB
+#   call recomputed); smaller ones (every call at batch 1) save, as recomputing costs more than
+#   it frees there (565 vs 470 ms per step).
+REFERENCE_CHUNK_BYTES = 8 << 20
+REFERENCE_CHUNK_BYTES_MAX = 32 << 20
+REFERENCE_MAX_CALLS = 4
+REFERENCE_CHUNK_BYTES_AUTOGRAD = 64 << 20
+REFERENCE_RECOMPUTE_BYTES = 32 << 20
+
+
+def _reference_in_slices(q, k, v, autograd, *args):
+    """``halo_attention_reference`` split over (sample, head) slices: heads and samples are
+    independent, so the result is that of one call."""
+    B, heads, Hq, Wq, _ = q.shape
+    n = B * heads
+    win = args[0] + 2 * args[1]
+    total = n * Hq * Wq * win * win * q.element_size()
+    if autograd:
+        budget = REFERENCE_CHUNK_BYTES_AUTOGRAD
+    elif total <= 2 * REFERENCE_CHUNK_BYTES:
+        budget = total
+    else:
+        budget = min(REFERENCE_CHUNK_BYTES_MAX, max(REFERENCE_CHUNK_BYTES, total / REFERENCE_MAX_CALLS))
+    calls = min(n, math.ceil(total / budget)) if total else 1
+    if calls <= 1:
+        return halo_attention_reference(q, k, v, *args)
+    step = -(-n // calls)
+    q, k, v = q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1)  # views
+    outs = [halo_attention_reference(q[i:i + step, None], k[i:i + step, None],
+                                     v[i:i + step, None], *args) for i in range(0, n, step)]
+    return torch.cat(outs).view(B, heads, Hq, Wq, -1)
+
+
+def _reference(q, k, v, *args):
+    rel_pos = args[3]
+    autograd = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (q, k, v, *(rel_pos or ())))
+    if autograd:
+        block_size, halo_size = args[0], args[1]
+        logits = q.shape[:4].numel() * (block_size + 2 * halo_size) ** 2 * q.element_size()
+        if logits > REFERENCE_RECOMPUTE_BYTES:
+            return checkpoint(_reference_in_slices, q, k, v, True, *args, use_reentrant=False)
+    return _reference_in_slices(q, k, v, autograd, *args)
+
+
 def halo_attention_2d(q, k, v, block_size, halo_size, *, stride=1, rel_pos=None, scale=None,
                       scale_pos_embed=False, backend=None):
     """HaloNet attention: each ``bq x bq`` query block against its haloed ``win x win`` window.
@@ -169,9 +232,8 @@ def halo_attention_2d(q, k, v, block_size, halo_size, *, stride=1, rel_pos=None,
         from ._triton_halo_attention import halo_attention_triton
         return halo_attention_triton(q, k, v, block_size, halo_size, stride, rel_pos,
                                      float(scale), bool(scale_pos_embed))
-    return halo_attention_reference(q, k, v, block_size, halo_size, stride,
-                                    None if rel_pos is None else tuple(rel_pos), scale,
-                                    bool(scale_pos_embed))
+    return _reference(q, k, v, block_size, halo_size, stride,
+                      None if rel_pos is None else tuple(rel_pos), scale, bool(scale_pos_embed))
 
 
 def halo_attention_macs(q_shape, v_shape, block_size, halo_size):

@@ -151,6 +151,48 @@ def test_reference_matches_naive_definition(stride, spe):
                                atol=1e-12, rtol=1e-10)
 
 
+@pytest.mark.parametrize("recompute", [False, True])
+def test_reference_slices_and_recompute_change_nothing(monkeypatch, recompute):
+    """On the CPU the reference splits a call over (sample, head) slices and, for large calls
+    with autograd, recomputes in the backward pass: outputs and gradients (tables included)
+    are those of one plain call."""
+    import ops.halo_attention as ha
+    g = torch.Generator().manual_seed(0)
+    B, heads, H, W, bs, halo, stride = 3, 4, 8, 12, 4, 1, 2
+    q = torch.randn(B, heads, H // stride, W // stride, 8, generator=g, requires_grad=True)
+    k = torch.randn(B, heads, H, W, 8, generator=g, requires_grad=True)
+    v = torch.randn(B, heads, H, W, 6, generator=g, requires_grad=True)
+    win = bs + 2 * halo
+    rel = tuple(torch.randn(2 * win - 1, 8, generator=g, requires_grad=True) for _ in range(2))
+    weights = torch.randn(B, heads, H // stride, W // stride, 6, generator=g)
+    results, original = [], ha.halo_attention_reference
+    for tiny in (True, False):  # one (sample, head) slice per call / one call
+        for name in ("REFERENCE_CHUNK_BYTES", "REFERENCE_CHUNK_BYTES_MAX",
+                     "REFERENCE_CHUNK_BYTES_AUTOGRAD"):
+            monkeypatch.setattr(ha, name, 1 if tiny else 1 << 40)
+        monkeypatch.setattr(ha, "REFERENCE_RECOMPUTE_BYTES", 0 if recompute and tiny else 1 << 40)
+        calls = []
+        monkeypatch.setattr(ha, "halo_attention_reference", _counting(original, calls))
+        out = ops.halo_attention_2d(q, k, v, bs, halo, stride=stride, rel_pos=rel,
+                                    backend="reference")
+        grads = torch.autograd.grad((out * weights).sum(), (q, k, v, *rel))
+        with torch.no_grad():
+            plain = ops.halo_attention_2d(q, k, v, bs, halo, stride=stride, rel_pos=rel,
+                                          backend="reference")
+        results.append([out.detach(), plain, *grads])
+        # 12 slices forward (+ 12 recomputed in backward), 12 without autograd / 1 + 1
+        assert len(calls) == ((12 + 12 * recompute + 12) if tiny else 2)
+    for a, b in zip(*results):  # table gradients are summed over the slices in another order
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * b.abs().max().item())
+
+
+def _counting(fn, calls):
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        return fn(*args, **kwargs)
+    return counted
+
+
 def test_validation():
     q, k, v = _randn(1, 2, 16, 16, 8), _randn(1, 2, 16, 16, 8), _randn(1, 2, 16, 16, 4)
     with pytest.raises(ValueError, match="multiple of block_size"):
