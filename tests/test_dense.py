@@ -304,6 +304,83 @@ def test_detector_trains_a_step_and_predicts(kind):
     assert (kind == "mask_rcnn") == ("masks" in out[0])
 
 
+def test_cascade_mask_rcnn_trains_a_step_and_predicts():
+    from backbones.dense import build_detector
+    torch.manual_seed(0)
+    rpn = {k: v for k, v in LIGHT_RCNN.items() if k.startswith("rpn")}
+    detector = build_detector("cascade_mask_rcnn", "cswin_tiny_224", num_classes=3, min_size=128,
+                              max_size=160, detector_kwargs=rpn,
+                              cascade_kwargs=dict(batch_size_per_image=32), **SMALL)
+    images, targets = _detection_batch(True)
+    losses = detector.train()(images, targets)
+    assert set(losses) == {"loss_objectness", "loss_rpn_box_reg"} | {
+        f"loss_{name}_s{i}" for name in ("classifier", "box_reg", "mask") for i in range(3)}
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    for stage in range(3):  # every stage's heads learn
+        assert detector.roi_heads.box_predictors[stage].cls_score.weight.grad.abs().sum() > 0
+        assert detector.roi_heads.mask_predictors[stage].mask_fcn_logits.weight.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for p in detector.backbone.backbone.parameters())
+    with torch.no_grad():
+        out = detector.eval()(images)
+    assert len(out) == 2 and {"boxes", "labels", "scores", "masks"} <= set(out[0])
+    assert out[0]["masks"].shape[-2:] == images[0].shape[-2:]  # pasted into the image
+
+
+def _constant_cascade(stage_cls_bias, stage_dx_bias, with_masks=False):
+    """Cascade heads whose predictors ignore their input: per stage fixed class logits and a
+    fixed x-shift delta for class 1."""
+    from backbones.dense.cascade import CascadeRoIHeads
+    heads = CascadeRoIHeads(num_classes=3, out_channels=8, with_masks=with_masks,
+                            batch_size_per_image=10 ** 4).eval()
+    for pred, cls_bias, dx in zip(heads.box_predictors, stage_cls_bias, stage_dx_bias):
+        pred.cls_score.weight.data.zero_()
+        pred.bbox_pred.weight.data.zero_()
+        pred.cls_score.bias.data = torch.tensor(cls_bias)
+        pred.bbox_pred.bias.data.zero_()
+        pred.bbox_pred.bias.data[4] = dx  # class 1, dx
+    features = {str(i): torch.randn(1, 8, 32 >> i, 32 >> i) for i in range(4)}
+    return heads, features
+
+
+def test_cascade_inference_refines_stage_by_stage_and_averages_the_logits():
+    # stage 0 predicts class 1 and shifts it by 1 / 10 of its width (stds 0.1); stage 1 and 2 keep
+    # it; the final scores are softmax(mean of the stage logits), not the mean of softmaxes
+    heads, features = _constant_cascade([[0., 2., 0.], [0., 4., 0.], [0., 6., 0.]], [1., 0., 0.])
+    with torch.no_grad():
+        (det,), _ = heads(features, [torch.tensor([[10., 10., 50., 50.]])], [(128, 128)])
+    assert det["labels"].tolist() == [1]  # class 2 falls under the 0.05 score threshold
+    torch.testing.assert_close(det["boxes"], torch.tensor([[14., 10., 54., 50.]]))
+    torch.testing.assert_close(det["scores"], torch.tensor([math.exp(4) / (math.exp(4) + 2)]))
+    # the last stage's regression is applied with its own stds (0.033 -> 1 / 30.3 of the width)
+    heads, features = _constant_cascade([[0., 2., 0.]] * 3, [0., 0., 1.])
+    with torch.no_grad():
+        (det,), _ = heads(features, [torch.tensor([[10., 10., 50., 50.]])], [(128, 128)])
+    torch.testing.assert_close(det["boxes"][0, 0], torch.tensor(10. + 40 * 0.033), rtol=0, atol=1e-4)
+
+
+def test_cascade_stages_raise_the_iou_threshold_and_drop_gt_rois_when_refining():
+    heads, _ = _constant_cascade([[0., 0., 0.]] * 3, [1., 0., 0.])
+    gt = torch.tensor([[0., 0., 100., 100.]])
+    rois = torch.tensor([[0., 0., 100., 57.], [0., 0., 100., 66.], [0., 0., 100., 30.]])  # IoU .57 .66 .30
+    targets = [dict(boxes=gt, labels=torch.tensor([2]))]
+    for stage, expected in ((0, [2, 2, 0, 2]), (1, [0, 2, 0, 2]), (2, [0, 0, 0, 2])):
+        (boxes, labels, matched, is_gt), = heads._sample(stage, [rois], targets)
+        got = {tuple(b.tolist()): int(lab) for b, lab in zip(boxes, labels)}
+        assert [got[tuple(b.tolist())] for b in torch.cat([rois, gt])] == expected, stage
+        assert is_gt.tolist() == [b.tolist() == gt[0].tolist() for b in boxes]
+    samples = heads._sample(0, [rois], targets)
+    n = len(samples[0][0])
+    logits = torch.zeros(n, 3)
+    deltas = torch.zeros(n, 12)
+    deltas[:, 8] = 1.0  # class 2 (the target class of the positives), dx, std 0.1 -> +0.1 w
+    refined, = heads._refine(0, samples, logits, deltas, [(128, 128)])
+    assert len(refined) == n - 1  # the ground-truth RoI is gone
+    positives = samples[0][1][~samples[0][3]] > 0
+    torch.testing.assert_close(refined[positives][:, 0], torch.full((int(positives.sum()),), 10.))
+
+
 def test_detector_fpn_levels_follow_mmdet():
     from backbones.dense import build_detector
     rcnn = build_detector("mask_rcnn", "cswin_tiny_224", num_classes=80, **SMALL)

@@ -283,6 +283,21 @@ def test_train_det_tool_runs_the_recipe_on_the_photos(photos, tmp_path):
 
 
 @pytest.mark.slow
+def test_train_det_tool_runs_the_cascade_recipe_on_the_photos(photos, tmp_path):
+    from backbones.dense.engine import main
+    runner = main("detection", [
+        "configs/coco/cswin_tiny_224_cascade_mask_rcnn_3x.py", "--data-dir", str(photos),
+        *SMALL_FLAGS, "--epochs", "1", "--workers", "0", "--output", str(tmp_path),
+        "--experiment", "cascade", "--cfg-options", "train_images=coco", "val_images=coco",
+        "train_ann=coco/instances.json", "val_ann=coco/instances.json", "min_size=[96,128]",
+        "max_size=160", "pretrained=False", "amp=False", "warmup_iters=1"])
+    assert not isinstance(runner, int), "the tool reported an error"
+    assert type(runner.model.net.roi_heads).__name__ == "CascadeRoIHeads"
+    metrics = runner.val()
+    assert {"coco/bbox_AP", "coco/segm_AP"} <= set(metrics)  # masks reach the evaluation
+
+
+@pytest.mark.slow
 def test_train_seg_tool_runs_the_recipe_on_the_photos(photos, tmp_path):
     from backbones.dense.engine import main
     runner = main("segmentation", [

@@ -1,6 +1,7 @@
 """Dense prediction on zoo backbones: the multi-scale adapter, torchvision detectors over it,
 segmentation heads with mmsegmentation's layout, and mmseg-protocol metrics."""
 from .adapter import DenseBackbone, dense_backbone_kwargs
+from .cascade import CascadeRoIHeads
 from .detection import DETECTORS, BackboneFPN, UpsampledFPN, build_detector
 from .metrics import IoUMetric, intersect_and_union
 from .segmentation import (
@@ -8,6 +9,6 @@ from .segmentation import (
     slide_windows)
 
 __all__ = ["DenseBackbone", "dense_backbone_kwargs", "DETECTORS", "BackboneFPN", "UpsampledFPN",
-           "build_detector", "IoUMetric", "intersect_and_union",
+           "CascadeRoIHeads", "build_detector", "IoUMetric", "intersect_and_union",
            "FCNHead", "FPNHead", "FPNNeck", "Segmentor", "UPerHead", "build_segmentor",
            "load_mmseg_checkpoint", "slide_windows"]

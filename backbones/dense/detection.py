@@ -1,8 +1,10 @@
 """COCO detectors on torchvision with a :class:`DenseBackbone` + FPN: Mask R-CNN, Faster R-CNN,
-RetinaNet and FCOS, set up the way the papers' mmdet configs set them up where torchvision lets us.
+Cascade Mask R-CNN, RetinaNet and FCOS, set up the way the papers' mmdet configs set them up where torchvision lets us.
 
 * Mask / Faster R-CNN: FPN (256) over all four stages plus a max-pooled P6 (mmdet ``num_outs=5``),
   anchors 32..512 (mmdet: scale 8 x strides 4..64), RoIAlign 7 / 14.
+* Cascade Mask R-CNN: the same RPN and FPN with :class:`CascadeRoIHeads` (Swin's 3x recipe:
+  three stages, 4conv1fc box heads, GIoU loss).
 * RetinaNet: FPN over stages 2-4 (mmdet ``start_level=1``) with P6 / P7 from the last backbone map
   (``add_extra_convs='on_input'``), anchors ``4 * stride * 2^(k/3)``, 3 ratios.
 * FCOS: FPN over stages 2-4 with P6 / P7 from P5 (torchvision's FCOS recipe).
@@ -29,10 +31,11 @@ from torchvision.ops.feature_pyramid_network import (
     FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7)
 
 from .adapter import DenseBackbone
+from .cascade import CascadeRoIHeads
 
 __all__ = ["DETECTORS", "BackboneFPN", "UpsampledFPN", "build_detector"]
 
-DETECTORS = ("mask_rcnn", "faster_rcnn", "retinanet", "fcos")
+DETECTORS = ("mask_rcnn", "faster_rcnn", "cascade_mask_rcnn", "retinanet", "fcos")
 
 
 class BackboneFPN(nn.Module):
@@ -132,12 +135,13 @@ def _levels_for(strides, finest, coarsest):
 
 
 def build_detector(kind, model_name, num_classes, pretrained=False, min_size=800,
-                   max_size=1333, detector_kwargs=None, **backbone_kwargs):
+                   max_size=1333, detector_kwargs=None, cascade_kwargs=None, **backbone_kwargs):
     """A torchvision detector (``kind`` in ``DETECTORS``) on ``DenseBackbone(model_name,
     task='detection', **backbone_kwargs)``. ``num_classes`` counts the object classes (COCO: 80):
     targets carry labels ``1..num_classes``, 0 being the R-CNNs' background (the one-stage
     detectors never see label 0, as in torchvision's own COCO models). ``detector_kwargs`` go to
-    the torchvision class (e.g. ``box_detections_per_img``, RPN / RoI sampling sizes)."""
+    the torchvision class (e.g. ``box_detections_per_img``, RPN / RoI sampling sizes);
+    ``cascade_kwargs`` to :class:`CascadeRoIHeads`."""
     if kind not in DETECTORS:
         raise ValueError(f"detector must be one of {DETECTORS}, got {kind!r}")
     if num_classes < 1:
@@ -148,7 +152,7 @@ def build_detector(kind, model_name, num_classes, pretrained=False, min_size=800
     mean, std = (list(cfg.mean), list(cfg.std)) if cfg is not None else (None, None)
     common = dict(min_size=min_size, max_size=max_size, image_mean=mean, image_std=std,
                   **(detector_kwargs or {}))
-    rcnn = kind in ("mask_rcnn", "faster_rcnn")
+    rcnn = kind in ("mask_rcnn", "faster_rcnn", "cascade_mask_rcnn")
     # mmdet's levels: R-CNNs P2-P6 (strides 4-64), one-stage detectors P3-P7 (8-128)
     levels, num_up, num_extra = _levels_for(backbone.strides, *((4, 64) if rcnn else (8, 128)))
     if num_up == 0 and num_extra == (1 if rcnn else 2):  # strides 4 / 8 .. 32: mmdet's FPN
@@ -159,8 +163,12 @@ def build_detector(kind, model_name, num_classes, pretrained=False, min_size=800
                             extra="maxpool" if rcnn else "conv_on_input")
     if rcnn:
         anchors = AnchorGenerator(tuple((32 * 2 ** i,) for i in range(5)), ((0.5, 1.0, 2.0),) * 5)
-        cls = MaskRCNN if kind == "mask_rcnn" else FasterRCNN
-        return cls(body, num_classes=num_classes + 1, rpn_anchor_generator=anchors, **common)
+        cls = FasterRCNN if kind == "faster_rcnn" else MaskRCNN
+        detector = cls(body, num_classes=num_classes + 1, rpn_anchor_generator=anchors, **common)
+        if kind == "cascade_mask_rcnn":
+            detector.roi_heads = CascadeRoIHeads(num_classes + 1, body.out_channels,
+                                                 **(cascade_kwargs or {}))
+        return detector
     sizes = tuple((x, int(x * 2 ** (1 / 3)), int(x * 2 ** (2 / 3))) for x in (32, 64, 128, 256, 512))
     if kind == "retinanet":
         anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * 5)

@@ -240,7 +240,7 @@ def param_groups(net, weight_decay, no_decay_keys):
 def _datasets(cfg):
     root = cfg.data_dir
     if cfg.task == "detection":
-        masks = cfg.detector == "mask_rcnn"
+        masks = cfg.detector in ("mask_rcnn", "cascade_mask_rcnn")
         train = CocoDetection(os.path.join(root, cfg.train_images), os.path.join(root, cfg.train_ann),
                               train=True, masks=masks, num_classes=cfg.num_classes)
         val = CocoDetection(os.path.join(root, cfg.val_images), os.path.join(root, cfg.val_ann),
@@ -285,6 +285,9 @@ def build_runner(cfg):
         train_set.pad_value = net.image_mean.view(3, 1, 1).clone()
         if world_size > 1 and device.type == "cuda":  # mmseg's heads use SyncBN
             net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    elif cfg.detector == "cascade_mask_rcnn" and world_size > 1 and device.type == "cuda":
+        # the cascade's 4conv1fc box heads use SyncBN in mmdet (the backbone keeps its norms)
+        net.roi_heads = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net.roi_heads)
     if cfg.initial_checkpoint:
         state = torch.load(cfg.initial_checkpoint, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state.get("model", state))

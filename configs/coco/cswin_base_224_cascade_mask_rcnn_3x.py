@@ -1,0 +1,4 @@
+_base_ = ["./_base_/cascade_mask_rcnn_3x.py"]
+model = "cswin_base_224"
+drop_path = 0.3
+paper = "box AP 53.9, mask AP 46.4 (official README; no config released: drop path is Swin-B's 0.3)"
