@@ -87,6 +87,31 @@ def test_rounds_pool_the_timed_calls_of_every_round(bench_tool, capsys):
         bench_tool.main(["--models", "cswin_tiny_224", "--rounds", "0"])
 
 
+def test_paired_times_ours_and_the_timm_twin_call_by_call(bench_tool, capsys, monkeypatch):
+    calls = []
+    real = bench_tool.make_step
+
+    def logged(model, *args):
+        step = real(model, *args)
+        name = "zoo" if type(model).__module__.startswith("backbones") else "timm"
+        return lambda: (calls.append(name), step())[1]
+
+    monkeypatch.setattr(bench_tool, "make_step", logged)
+    rows = bench_tool.main(["--models", "shvit_s1_224", "cswin_tiny_224", "--paired",
+                            "--img-size", "64", "--batch-sizes", "1", "--iters", "4",
+                            "--warmup", "1"])
+    (row,) = rows
+    assert (row["model"], row["twin"], row["pairs"]) == ("shvit_s1_224", "shvit_s1", 4)
+    assert row["ours_ms"] > 0 and row["twin_ms"] > 0 and row["ratio"] > 0
+    # one warm-up each, then pairs in alternating order
+    assert calls == ["zoo", "timm", "zoo", "timm", "timm", "zoo", "zoo", "timm", "timm", "zoo"]
+    out = capsys.readouterr().out
+    assert "4 pairs of calls in turn" in out and "| shvit_s1_224 | shvit_s1 | 64x64 | 1 |" in out
+    assert "cswin_tiny_224 has no timm twin" in out
+    with pytest.raises(SystemExit, match="--paired needs zoo models with a timm twin"):
+        bench_tool.main(["--models", "cswin_tiny_224", "--paired"])
+
+
 def test_failing_model_gets_an_error_row(bench_tool, capsys):
     rows = bench_tool.main(["--models", "cswin_tiny_224", "--params-only", "--img-size", "1"])
     assert rows[0]["params"] == 22_320_552 and rows[0]["gmacs"] is None

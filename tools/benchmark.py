@@ -5,6 +5,7 @@
     python tools/benchmark.py --models 'cswin_*' --device cuda --amp bf16 --batch-sizes 1 64 256
     python tools/benchmark.py --models cswin_tiny_224 --compare --paper --csv out.csv
     python tools/benchmark.py --models biformer_tiny_224 --official ~/src/BiFormer   # beside the authors' code
+    python tools/benchmark.py --models halonet26t_256 shvit_s4_256 --paired --iters 30  # ours vs timm, call by call
 
 GMACs: fvcore ``FlopCountAnalysis`` at batch 1 and the model's pretrained_cfg input size (or
 ``--img-size``), one multiply-add counted once (the papers' "FLOPs"), with
@@ -18,6 +19,11 @@ increase of resident memory over the built model, each model running in its own 
 subprocess. That worker first loads the official model's random weights into ours through the
 family's ``checkpoint_filter_fn`` and reports the largest output difference, so both rows time the
 same function.
+
+``--paired``: latency of each zoo model and its timm twin (``TIMM_EQUIVALENTS``) in one process,
+on the same weights and batch, one call of each in turn (who goes first alternates). Both see the
+same moments of a shared machine's load, so the median of the per-pair ratios is the robust
+comparison where ``--compare``'s medians (separate windows of time) scatter. No memory column.
 """
 import argparse
 import contextlib
@@ -86,6 +92,9 @@ def parse_args(argv=None):
                    help="add the paper's numbers (family module's PAPER_RESULTS)")
     p.add_argument("--csv", metavar="PATH", help="write one row per (model, batch size)")
     p.add_argument("--markdown", metavar="PATH", help="write the printed table")
+    p.add_argument("--paired", action="store_true",
+                   help="time each zoo model and its timm twin call by call in turn in one "
+                        "process (latency only); report the median of the per-pair time ratios")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one model, JSON settings
     return p.parse_args(argv)
 
@@ -336,6 +345,81 @@ def time_case(model, batch, input_size, settings, rss_baseline):
                 iters=len(times), times_ms=[round(t * 1e3, 3) for t in times])
 
 
+def paired_latency(name, twin, settings):
+    """Yield per batch size the zoo model's and its twin's median ms over ``iters`` pairs of calls
+    (one each, in alternating order) and the median of the per-pair ratios twin / ours."""
+    torch.set_num_threads(settings["threads"])
+    reference = timm.create_model(twin)
+    ours = timm.create_model(name)
+    filter_fn = family_attr(name, "checkpoint_filter_fn")
+    ours.load_state_dict(filter_fn(reference.state_dict(), ours))  # same numbers in both
+    in_chans, height, width = ours.pretrained_cfg["input_size"]
+    if settings["img_size"]:
+        height = width = settings["img_size"]
+    device = torch.device(settings["device"])
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for model in (ours, reference):
+        model.to(device)
+    backend = (ops.use_backend(settings["backend"]) if settings["backend"]
+               else contextlib.nullcontext())
+    with backend:
+        for batch in settings["batch_sizes"]:
+            steps = [make_step(m, batch, (in_chans, height, width), settings)
+                     for m in (ours, reference)]
+            for step in steps:
+                for _ in range(max(1, settings["warmup"])):
+                    step()
+            sync()
+            times = ([], [])
+            for i in range(settings["iters"]):
+                for j in ((0, 1) if i % 2 == 0 else (1, 0)):
+                    t0 = time.perf_counter()
+                    steps[j]()
+                    sync()
+                    times[j].append((time.perf_counter() - t0) * 1e3)
+            yield dict(model=name, twin=twin, batch_size=batch,
+                       resolution=f"{height}x{width}",
+                       ours_ms=round(statistics.median(times[0]), 3),
+                       twin_ms=round(statistics.median(times[1]), 3),
+                       ratio=round(statistics.median(t / o for o, t in zip(*times)), 3),
+                       pairs=settings["iters"])
+
+
+def paired_main(args, settings, names):
+    pairs, notes = [], []
+    for name in names:
+        twin = (family_attr(name, "TIMM_EQUIVALENTS").get(name) if is_zoo_model(name) else None)
+        if twin:
+            pairs.append((name, twin))
+        else:
+            notes.append(f"--paired: {name} has no timm twin (no TIMM_EQUIVALENTS entry)")
+    if not pairs:
+        raise SystemExit("benchmark.py: error: --paired needs zoo models with a timm twin "
+                         "(TIMM_EQUIVALENTS), e.g. halonet26t_256 or shvit_s4_256")
+    rows = []
+    for name, twin in tqdm(pairs, desc="paired", unit="model"):
+        rows += list(paired_latency(name, twin, settings))
+    head = describe_machine(dict(settings, rounds=1)).split(" | warmup")[0]
+    lines = [f"{head} | warmup {settings['warmup']}, {settings['iters']} pairs of calls in turn", "",
+             "| model | timm twin | resolution | batch | ours ms | timm ms | timm / ours |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['twin']} | {r['resolution']} | {r['batch_size']} | "
+              f"{r['ours_ms']:.1f} | {r['twin_ms']:.1f} | {r['ratio']:.2f} |" for r in rows]
+    lines += ["", "- ms: median over the calls; timm / ours: median of the per-pair ratios "
+                  "(above 1: ours faster)."] + [f"- {n}" for n in notes]
+    text = "\n".join(lines)
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text + "\n")
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return rows
+
+
 def merge_rounds(cases):
     """One case record from the same case's records of several rounds: median / min over every
     timed call of every round, the largest peak memory."""
@@ -584,6 +668,8 @@ def main(argv=None):
                     rounds=args.rounds)
     torch.set_num_threads(args.threads)
     names = resolve_models(args.models)
+    if args.paired:
+        return paired_main(args, settings, names)
     cases, notes = with_timm_twins(names) if args.compare else ([(n, False) for n in names], [])
     if args.official:
         zoo_cases = [n for n, twin in cases if not twin and is_zoo_model(n)]
