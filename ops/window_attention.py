@@ -81,9 +81,23 @@ def from_windows(x, grid_size, window_size, window_offset):
     return x[:, :, top:top + H, left:left + W]
 
 
+def _whole_grid_attention(q, k, v, scale):
+    """One window that is the grid (no padding): attention over the flattened grid, without the
+    window reshapes (SHViT calls this in every attention layer; it halves the op's overhead)."""
+    B, h, H, W, _ = q.shape
+    qf, kf, vf = (t.flatten(2, 3) for t in (q, k, v))
+    if q.shape[-1] != v.shape[-1]:  # see below
+        out = ((qf @ kf.transpose(-1, -2)) * scale).softmax(dim=-1) @ vf
+    else:
+        out = F.scaled_dot_product_attention(qf, kf, vf, scale=scale)
+    return out.view(B, h, H, W, -1)
+
+
 def window_attention_reference(q, k, v, window_size, window_offset, padding, scale):
     """The definition: pad, cut into windows, softmax(q kᵀ · scale) v per window, stitch back."""
     grid = q.shape[2:4]
+    if window_grid(grid, window_size, window_offset) == ((1, 1), (0, 0, 0, 0)):
+        return _whole_grid_attention(q, k, v, scale)
     qw, kw, vw = (to_windows(t, window_size, window_offset) for t in (q, k, v))
     mask = None
     _, (top, bottom, left, right) = window_grid(grid, window_size, window_offset)
