@@ -87,7 +87,10 @@ def _whole_grid_attention(q, k, v, scale):
     B, h, H, W, _ = q.shape
     qf, kf, vf = (t.flatten(2, 3) for t in (q, k, v))
     if q.shape[-1] != v.shape[-1]:  # see below
-        out = ((qf @ kf.transpose(-1, -2)) * scale).softmax(dim=-1) @ vf
+        attn = ((qf @ kf.transpose(-1, -2)) * scale).softmax(dim=-1)
+        # (attn v)ᵀ = vᵀ attnᵀ: channel-major memory, so a caller that views the output as NCHW
+        # (SHViT: v is a view of an NCHW projection) gets a contiguous map for its next conv
+        out = (vf.transpose(-1, -2) @ attn.transpose(-1, -2)).transpose(-1, -2)
     else:
         out = F.scaled_dot_product_attention(qf, kf, vf, scale=scale)
     return out.view(B, h, H, W, -1)
