@@ -171,13 +171,17 @@ REFERENCE_CHUNK_BYTES_AUTOGRAD = 64 << 20
 REFERENCE_RECOMPUTE_BYTES = 32 << 20
 
 
-def _reference_in_slices(q, k, v, autograd, *args):
+def _logits_bytes(q, block_size, halo_size):
+    """Bytes of one logits tensor of a call: every query against its ``win x win`` window."""
+    return q.shape[:4].numel() * (block_size + 2 * halo_size) ** 2 * q.element_size()
+
+
+def _reference_in_slices(q, k, v, autograd, block_size, halo_size, *rest):
     """``halo_attention_reference`` split over (sample, head) slices: heads and samples are
     independent, so the result is that of one call."""
     B, heads, Hq, Wq, _ = q.shape
     n = B * heads
-    win = args[0] + 2 * args[1]
-    total = n * Hq * Wq * win * win * q.element_size()
+    total = _logits_bytes(q, block_size, halo_size)
     if autograd:
         budget = REFERENCE_CHUNK_BYTES_AUTOGRAD
     elif total <= 2 * REFERENCE_CHUNK_BYTES:
@@ -185,6 +189,7 @@ def _reference_in_slices(q, k, v, autograd, *args):
     else:
         budget = min(REFERENCE_CHUNK_BYTES_MAX, max(REFERENCE_CHUNK_BYTES, total / REFERENCE_MAX_CALLS))
     calls = min(n, math.ceil(total / budget)) if total else 1
+    args = (block_size, halo_size, *rest)
     if calls <= 1:
         return halo_attention_reference(q, k, v, *args)
     step = -(-n // calls)
@@ -194,15 +199,12 @@ def _reference_in_slices(q, k, v, autograd, *args):
     return torch.cat(outs).view(B, heads, Hq, Wq, -1)
 
 
-def _reference(q, k, v, *args):
-    rel_pos = args[3]
+def _reference(q, k, v, block_size, halo_size, stride, rel_pos, scale, scale_pos_embed):
+    args = (block_size, halo_size, stride, rel_pos, scale, scale_pos_embed)
     autograd = torch.is_grad_enabled() and any(
         t.requires_grad for t in (q, k, v, *(rel_pos or ())))
-    if autograd:
-        block_size, halo_size = args[0], args[1]
-        logits = q.shape[:4].numel() * (block_size + 2 * halo_size) ** 2 * q.element_size()
-        if logits > REFERENCE_RECOMPUTE_BYTES:
-            return checkpoint(_reference_in_slices, q, k, v, True, *args, use_reentrant=False)
+    if autograd and _logits_bytes(q, block_size, halo_size) > REFERENCE_RECOMPUTE_BYTES:
+        return checkpoint(_reference_in_slices, q, k, v, True, *args, use_reentrant=False)
     return _reference_in_slices(q, k, v, autograd, *args)
 
 
