@@ -355,18 +355,11 @@ class SHViT(StagedBackboneMixin, nn.Module):
         self.head = NormLinearHead(self.num_features, num_classes, global_pool, drop_rate)
 
     # The mixin calls the stem `stem`; the official and timm key layout call it `patch_embed`.
+    stem_key = "patch_embed"
+
     @property
     def stem(self):
         return self.patch_embed
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse=False):
-        return dict(
-            stem=r"^patch_embed",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.downsample", (0,)),
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-            ])
 
     @torch.jit.ignore
     def get_classifier(self):

@@ -38,10 +38,13 @@ class StagedBackboneMixin:
         # already; these families have no position tables or tokens to exclude on top.
         return set()
 
+    # the stem's key prefix in group_matcher (SHViT keeps the official / timm name patch_embed)
+    stem_key = "stem"
+
     @torch.jit.ignore
     def group_matcher(self, coarse=False):
         return dict(
-            stem=r"^stem",
+            stem=rf"^{self.stem_key}",
             blocks=r"^stages\.(\d+)" if coarse else [
                 (r"^stages\.(\d+)\.downsample", (0,)),
                 (r"^stages\.(\d+)\.blocks\.(\d+)", None),
