@@ -8,6 +8,7 @@ override that for a whole process or block.
 """
 from ._backend import BACKENDS, current_default_backend, interpreter_enabled, use_backend
 from . import flops
+from ._fx import fx_leaf
 from .halo_attention import halo_attention_2d, halo_attention_macs
 from .masked import (
     masked_attention, masked_attention_macs, pack_mask, topk_mask, unpack_mask)
@@ -22,7 +23,7 @@ from .window_attention import (
 )
 
 __all__ = [
-    "flops", "BACKENDS", "current_default_backend", "interpreter_enabled", "use_backend",
+    "flops", "fx_leaf", "BACKENDS", "current_default_backend", "interpreter_enabled", "use_backend",
     "centered_window_offset", "window_attention_2d", "window_depthwise_conv2d", "window_grid",
     "routed_attention_2d", "routed_attention_macs",
     "halo_attention_2d", "halo_attention_macs",

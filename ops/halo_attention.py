@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ._fx import fx_leaf
 from ._backend import resolve_backend
 from ._checks import check_qkv
 
@@ -196,7 +197,7 @@ def _reference_in_slices(q, k, v, autograd, block_size, halo_size, *rest):
     q, k, v = q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1)  # views
     outs = [halo_attention_reference(q[i:i + step, None], k[i:i + step, None],
                                      v[i:i + step, None], *args) for i in range(0, n, step)]
-    return torch.cat(outs).view(B, heads, Hq, Wq, -1)
+    return torch.cat(outs).view(B, heads, Hq, Wq, v.shape[-1])
 
 
 def _reference(q, k, v, block_size, halo_size, stride, rel_pos, scale, scale_pos_embed):
@@ -208,6 +209,7 @@ def _reference(q, k, v, block_size, halo_size, stride, rel_pos, scale, scale_pos
     return _reference_in_slices(q, k, v, autograd, *args)
 
 
+@fx_leaf
 def halo_attention_2d(q, k, v, block_size, halo_size, *, stride=1, rel_pos=None, scale=None,
                       scale_pos_embed=False, backend=None):
     """HaloNet attention: each ``bq x bq`` query block against its haloed ``win x win`` window.

@@ -30,6 +30,7 @@ NaN there, ours gives 0. Sparsifiner itself never produces such rows (each patch
 import torch
 import torch.nn.functional as F
 
+from ._fx import fx_leaf
 from ._backend import resolve_backend
 from ._checks import check_qkv
 
@@ -39,6 +40,7 @@ __all__ = ["masked_attention", "masked_attention_reference", "masked_attention_m
 _BIT_WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
+@fx_leaf
 def pack_mask(mask):
     """Bool ``(..., Lk)`` -> packed uint8 ``(..., ceil(Lk / 8))`` (little bit order)."""
     if mask.dtype != torch.bool:
@@ -49,6 +51,7 @@ def pack_mask(mask):
     return (padded.unflatten(-1, (-1, 8)) * weights).sum(-1, dtype=torch.uint8)
 
 
+@fx_leaf
 def unpack_mask(packed, lk):
     """Packed uint8 ``(..., ceil(lk / 8))`` -> bool ``(..., lk)``."""
     if packed.dtype != torch.uint8:
@@ -58,6 +61,7 @@ def unpack_mask(packed, lk):
     return bits.flatten(-2)[..., :lk]
 
 
+@fx_leaf
 def topk_mask(indices, lk, *, packed=True):
     """The connectivity mask of per-query key indices, e.g. ``scores.topk(budget).indices``.
 
@@ -117,6 +121,7 @@ def masked_attention_reference(q, k, v, mask, scale):
     return out * has_key.to(out.dtype)
 
 
+@fx_leaf
 def masked_attention(q, k, v, mask, *, scale=None, backend=None):
     """Softmax attention of every query over the keys its mask row allows.
 

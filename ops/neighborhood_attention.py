@@ -23,6 +23,7 @@ heads-last, ``(B, H, W, heads, d)``: ``x.permute(0, 3, 1, 2, 4)`` converts for f
 """
 import torch
 
+from ._fx import fx_leaf
 from ._backend import resolve_backend
 from ._checks import check_qkv
 
@@ -99,6 +100,7 @@ def neighborhood_attention_reference(q, k, v, kernel_size, dilation, scale):
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 
+@fx_leaf
 def neighborhood_attention_2d(q, k, v, kernel_size, *, dilation=1, scale=None, backend=None):
     """NATTEN's ``na2d``: softmax attention of every query to its clamped ``kh x kw`` neighborhood.
 

@@ -26,6 +26,7 @@ strides; the output is ``(B, heads, L, d_v)``. There is no dropout on ``A`` (the
 """
 import torch
 
+from ._fx import fx_leaf
 from ._backend import resolve_backend
 from ._checks import check_qkv
 
@@ -80,6 +81,7 @@ def reversed_attention_reference(q, k, v, weights, scale, return_scores=False):
     return (out, mask) if return_scores else out
 
 
+@fx_leaf
 def reversed_attention(q, k, v, weights=None, *, scale=None, return_scores=False, backend=None):
     """DependencyViT's reversed attention ``out_j = Σ_i softmax_j(q_i·k_j·scale) · w_i · v_i``.
 

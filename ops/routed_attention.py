@@ -28,6 +28,7 @@ this op's default -- pass ``scale=`` explicitly.
 import torch
 import torch.nn.functional as F
 
+from ._fx import fx_leaf
 from ._backend import resolve_backend
 from ._checks import check_qkv
 
@@ -140,6 +141,7 @@ def routed_attention_reference(q, k, v, region_index, region_size, scale):
     return from_regions(out.view(B, h, nR, T, d_v), (H, W), region_size)
 
 
+@fx_leaf
 def routed_attention_2d(q, k, v, region_index, region_size, *, scale=None, backend=None):
     """Softmax attention of every query token over the tokens of the key/value regions routed to
     its region (BiFormer's bi-level routing attention after the router).

@@ -23,6 +23,7 @@ Queries at padded positions are computed by nobody: the output covers the real g
 import torch
 import torch.nn.functional as F
 
+from ._fx import fx_leaf
 from ._backend import resolve_backend
 from ._checks import check_qkv
 
@@ -32,12 +33,14 @@ __all__ = ["window_attention_2d", "window_depthwise_conv2d", "centered_window_of
            "window_grid"]
 
 
+@fx_leaf
 def centered_window_offset(grid_size, window_size):
     """Padding before the first window when the grid is padded up to whole windows with the
     first half of the padding in front (``pad // 2``) and the rest behind: CSWin's convention."""
     return tuple(((-n) % w) // 2 for n, w in zip(grid_size, window_size))
 
 
+@fx_leaf
 def window_grid(grid_size, window_size, window_offset=(0, 0)):
     """``(num_windows_y, num_windows_x)`` and the padding ``(top, bottom, left, right)``."""
     (H, W), (wh, ww), (oy, ox) = grid_size, window_size, window_offset
@@ -93,7 +96,7 @@ def _whole_grid_attention(q, k, v, scale):
         out = (vf.transpose(-1, -2) @ attn.transpose(-1, -2)).transpose(-1, -2)
     else:
         out = F.scaled_dot_product_attention(qf, kf, vf, scale=scale)
-    return out.view(B, h, H, W, -1)
+    return out.view(B, h, H, W, v.shape[-1])
 
 
 def window_attention_reference(q, k, v, window_size, window_offset, padding, scale):
@@ -121,9 +124,10 @@ def window_attention_reference(q, k, v, window_size, window_offset, padding, sca
     # 5-D ones fall back to the unfused math path (5-8x slower on the CPU).
     out = F.scaled_dot_product_attention(qw.flatten(0, 1), kw.flatten(0, 1), vw.flatten(0, 1),
                                          attn_mask=mask, scale=scale)
-    return from_windows(out.view(B, h, nw, L, -1), grid, window_size, window_offset)
+    return from_windows(out.view(B, h, nw, L, vw.shape[-1]), grid, window_size, window_offset)
 
 
+@fx_leaf
 def window_attention_2d(q, k, v, window_size=None, *, window_offset=(0, 0), padding="zeros",
                         scale=None, backend=None):
     """Softmax attention of every query to the keys of its own window.
@@ -152,6 +156,7 @@ def window_attention_2d(q, k, v, window_size=None, *, window_offset=(0, 0), padd
     return window_attention_reference(q, k, v, window_size, window_offset, padding, scale)
 
 
+@fx_leaf
 def window_depthwise_conv2d(x, weight, bias=None, window_size=None, *, window_offset=(0, 0)):
     """Depthwise convolution applied separately inside each window, zero-padded at window borders
     (CSWin's LePE: ``get_v`` run on every stripe on its own).
