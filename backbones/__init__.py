@@ -2,26 +2,38 @@
 
 ``import backbones`` registers every zoo model, after which ``timm.create_model("cswin_tiny_224",
 pretrained=True)`` works. Zoo names are ``<family>_<variant>_<resolution>`` and never replace a
-model timm already has.
+model timm already has. Each family declares what it provides in one :class:`Family` record
+(``backbones.get_family("cswin")``), which the tools and the tests read.
 """
+import importlib
+from types import MappingProxyType
+
 from . import biformer, cswin, halonet, litv2, shvit  # noqa: F401  (registers the families with timm)
+from ._family import _FAMILIES, Family, PaperResult, list_families
 from ._pretrained import PretrainedWeightsError
 from ._registry import list_zoo_families, list_zoo_models
 from .version import __version__
 
-FAMILIES = {"biformer": biformer, "cswin": cswin, "halonet": halonet, "litv2": litv2,
-            "shvit": shvit}
+FAMILIES = MappingProxyType(_FAMILIES)  # family name -> Family record (read-only view)
 
 
-def get_family_module(name):
-    """The family module (``backbones.cswin``...) of a family or zoo model name."""
-    family = name if name in FAMILIES else dict(
-        (m, f) for f in list_zoo_families() for m in list_zoo_models(f)).get(name.split(".")[0])
-    if family not in FAMILIES:
+def get_family(name):
+    """The :class:`Family` record of a family name (``cswin``) or zoo model name
+    (``cswin_tiny_224``, ``cswin_tiny_224.in1k``)."""
+    if name in FAMILIES:
+        return FAMILIES[name]
+    family = {m: f for f in list_zoo_families() for m in list_zoo_models(f)}.get(name.split(".")[0])
+    if family is None:
         raise KeyError(f"{name!r} is neither a zoo family {sorted(FAMILIES)} nor a zoo model "
                        "(see backbones.list_zoo_models())")
     return FAMILIES[family]
 
 
-__all__ = ["FAMILIES", "PretrainedWeightsError", "get_family_module", "list_zoo_families",
-           "list_zoo_models", "__version__"]
+def get_family_module(name):
+    """The family module (``backbones.cswin``) of a family or zoo model name."""
+    return importlib.import_module(get_family(name).module)
+
+
+__all__ = ["FAMILIES", "Family", "PaperResult", "PretrainedWeightsError", "get_family",
+           "get_family_module", "list_families", "list_zoo_families", "list_zoo_models",
+           "__version__"]

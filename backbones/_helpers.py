@@ -1,5 +1,8 @@
 """Small helpers every family module shares."""
 import torch
+from timm.layers import register_notrace_function
+
+from ops import fx_leaf
 
 # Order in which wrapper keys of official releases are unwrapped. EMA weights first: they are what
 # the papers evaluate (timm's CheckpointSaver and the authors' eval scripts load them), and timm's
@@ -32,9 +35,12 @@ def unwrap_checkpoint(checkpoint, prefixes=WRAPPER_PREFIXES):
     return out
 
 
+@register_notrace_function
+@fx_leaf
 def check_image_input(x, in_chans, model_name, min_size=1):
-    """Fail early and clearly on inputs a backbone cannot take (instead of a reshape error deep
-    inside a stage)."""
+    """``x``, after failing early and clearly on inputs a backbone cannot take (instead of a
+    reshape error deep inside a stage). Under an FX trace it is one node whose output the model
+    uses, so the traced graph still checks its inputs."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{model_name} expects a torch.Tensor image batch, got {type(x).__name__}")
     if x.dim() != 4:
@@ -50,3 +56,4 @@ def check_image_input(x, in_chans, model_name, min_size=1):
     if x.shape[2] < min_size or x.shape[3] < min_size:
         raise ValueError(f"{model_name} needs inputs of at least {min_size}x{min_size} pixels, got "
                          f"{x.shape[2]}x{x.shape[3]}")
+    return x

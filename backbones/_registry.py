@@ -3,6 +3,8 @@ import sys
 
 from timm.models import is_model, register_model
 
+from ._family import list_families
+
 _ZOO_MODELS = {}  # model name -> family (module basename)
 
 
@@ -24,6 +26,10 @@ def register_zoo_model(fn):
     module = sys.modules[fn.__module__]
     if not hasattr(module, "default_cfgs"):
         raise RuntimeError(f"{fn.__module__} must define `default_cfgs` above {name}")
+    family = fn.__module__.split(".")[-1]
+    if family not in list_families():
+        raise RuntimeError(f"{fn.__module__} must register its Family record "
+                           f"(backbones._family.register_family) above {name}")
     registered = register_model(fn)
     _ZOO_MODELS[name] = fn.__module__.split(".")[-1]
     return registered

@@ -16,10 +16,10 @@ class StagedBackboneMixin:
     smallest image side the model takes)."""
 
     def _check_input(self, x):
-        check_image_input(x, self.in_chans, type(self).__name__, min_size=self.min_input_size)
+        return check_image_input(x, self.in_chans, type(self).__name__, min_size=self.min_input_size)
 
     def forward_features(self, x):
-        self._check_input(x)
+        x = self._check_input(x)
         return self.norm(self.stages(self.stem(x)))
 
     @staticmethod
@@ -75,7 +75,7 @@ class StagedBackboneMixin:
         """
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        self._check_input(x)
+        x = self._check_input(x)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         last = len(self.stages) - 1
         stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
