@@ -17,20 +17,21 @@ the padding before the grid, padded keys take part in the softmax, and the outpu
 sizes the official classification model accepts this is the identical computation.
 """
 import re
-from functools import partial
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, Mlp
-from timm.models import checkpoint_seq, generate_default_cfgs
+from timm.layers import ClassifierHead, DropPath, Mlp, get_norm_layer
+from timm.models import generate_default_cfgs
 
 import ops
 
 from ._builder import build_zoo_model
+from ._family import Family, PaperResult, register_family
 from ._helpers import unwrap_checkpoint
-from .layers import StagedBackboneMixin
 from ._registry import register_zoo_model
+from .layers import DeviceLike, Stage, StagedBackboneMixin, calculate_drop_path_rates, factory_context
 
 __all__ = ["CSWinTransformer", "checkpoint_filter_fn", "create_from_official"]
 
@@ -60,10 +61,13 @@ class CrossShapedWindowAttention(nn.Module):
             for _ in range(self.num_branches)])
         self.proj = nn.Linear(dim, dim)
 
-    def branch_window(self, branch, H, W):
-        if self.split_size is None:
+    def branch_window(self, branch: int, H: int, W: int) -> Optional[Tuple[int, int]]:
+        split = self.split_size
+        if split is None:
             return None
-        return (H, self.split_size) if branch == 0 else (self.split_size, W)
+        if branch == 0:
+            return H, split
+        return split, W
 
     def forward(self, x):
         B, H, W, C = x.shape
@@ -73,7 +77,7 @@ class CrossShapedWindowAttention(nn.Module):
         outs = []
         for branch, lepe in enumerate(self.lepe):
             window = self.branch_window(branch, H, W)
-            offset = ops.centered_window_offset((H, W), window) if window else (0, 0)
+            offset = ops.centered_window_offset((H, W), window) if window is not None else (0, 0)
             out = ops.window_attention_2d(q[branch], k[branch], v[branch], window,
                                           window_offset=offset, padding="zeros", scale=self.scale)
             out = out + ops.window_depthwise_conv2d(v[branch], lepe.weight, lepe.bias, window,
@@ -121,24 +125,6 @@ class MergeBlock(nn.Module):
         return self.norm(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
 
 
-class CSWinStage(nn.Module):
-    def __init__(self, dim, dim_out, depth, num_heads, split_size, downsample, mlp_ratio=4.,
-                 qkv_bias=True, qk_scale=None, proj_drop=0., drop_path=(), norm_layer=nn.LayerNorm):
-        super().__init__()
-        self.downsample = MergeBlock(dim, dim_out, norm_layer) if downsample else nn.Identity()
-        self.blocks = nn.Sequential(*[
-            CSWinBlock(dim_out, num_heads, split_size, mlp_ratio, qkv_bias, qk_scale, proj_drop,
-                       drop_path[i], norm_layer)
-            for i in range(depth)])
-        self.grad_checkpointing = False
-
-    def forward(self, x):
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
-
-
 class CSWinTransformer(StagedBackboneMixin, nn.Module):
     """CSWin Transformer backbone and classifier (timm API).
 
@@ -160,45 +146,72 @@ class CSWinTransformer(StagedBackboneMixin, nn.Module):
         feature_norms: one LayerNorm per stage applied to the features returned by
             ``forward_intermediates`` / ``features_only`` (the official segmentation backbone's
             ``norm1..norm4``).
+        norm_layer: the norm of every layer (a norm class or timm norm name; LayerNorm as the
+            official code).
+        device, dtype: where and in which floating-point type parameters and buffers are created
+            (``device="meta"`` allocates nothing).
     """
 
-    def __init__(self, in_chans=3, num_classes=1000, global_pool="avg", embed_dim=64,
-                 depths=(1, 2, 21, 1), num_heads=(2, 4, 8, 16), split_sizes=(1, 2, 7, None),
-                 dims=None, mlp_ratio=4., qkv_bias=True, qk_scale=None, drop_rate=0.,
-                 proj_drop_rate=0., attn_drop_rate=0., drop_path_rate=0., norm_layer=None,
-                 final_norm=True, feature_norms=False):
+    def __init__(
+            self,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = "avg",
+            embed_dim: int = 64,
+            depths: Sequence[int] = (1, 2, 21, 1),
+            num_heads: Sequence[int] = (2, 4, 8, 16),
+            split_sizes: Sequence[Optional[int]] = (1, 2, 7, None),
+            dims: Optional[Sequence[int]] = None,
+            mlp_ratio: float = 4.,
+            qkv_bias: bool = True,
+            qk_scale: Optional[float] = None,
+            drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            attn_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            norm_layer: Union[str, Callable] = nn.LayerNorm,
+            final_norm: bool = True,
+            feature_norms: bool = False,
+            device: DeviceLike = None,
+            dtype: Optional[torch.dtype] = None,
+    ):
         super().__init__()
         if attn_drop_rate:
             raise ValueError("CSWin: attention-probability dropout is not supported by the fused "
                              "attention ops (every official recipe uses attn_drop_rate=0)")
         num_stages = len(depths)
+        depths = tuple(depths)
         if not (len(num_heads) == len(split_sizes) == num_stages):
-            raise ValueError(f"depths {depths}, num_heads {num_heads} and split_sizes "
-                             f"{split_sizes} must have one entry per stage")
+            raise ValueError(f"depths {depths}, num_heads {tuple(num_heads)} and split_sizes "
+                             f"{tuple(split_sizes)} must have one entry per stage")
         dims = tuple(dims) if dims is not None else tuple(embed_dim * 2 ** i for i in range(num_stages))
-        norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-5)
+        norm_layer = get_norm_layer(norm_layer)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.min_input_size = 3  # the 7x7 / stride-4 stem's smallest valid input
         self.output_fmt = "NHWC"
         self.grad_checkpointing = False
+        # outside the factory context: a bfloat16 default dtype would round the rates
+        dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
 
-        self.stem = Stem(in_chans, dims[0], norm_layer)
-        dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))]
-        stages, self.feature_info = [], []
-        for i in range(num_stages):
-            stages.append(CSWinStage(
-                dims[max(i - 1, 0)], dims[i], depths[i], num_heads[i], split_sizes[i],
-                downsample=i > 0, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale,
-                proj_drop=proj_drop_rate, drop_path=dpr[i], norm_layer=norm_layer))
-            self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"stages.{i}"))
-        self.stages = nn.Sequential(*stages)
-        self.num_features = self.head_hidden_size = dims[-1]
-        self.feature_norms = nn.ModuleList([norm_layer(d) for d in dims]) if feature_norms else None
-        self.norm = norm_layer(self.num_features) if final_norm else nn.Identity()
-        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool,
-                                   drop_rate=drop_rate, input_fmt=self.output_fmt)
-        self.apply(self._init_weights)
+        with factory_context(device, dtype):
+            self.stem = Stem(in_chans, dims[0], norm_layer)
+            stages, self.feature_info = [], []
+            for i in range(num_stages):
+                down = MergeBlock(dims[i - 1], dims[i], norm_layer) if i > 0 else None
+                blocks = [CSWinBlock(dims[i], num_heads[i], split_sizes[i], mlp_ratio, qkv_bias,
+                                     qk_scale, proj_drop_rate, dpr[i][j], norm_layer)
+                          for j in range(depths[i])]
+                stages.append(Stage(down, blocks))
+                self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i,
+                                              module=f"stages.{i}"))
+            self.stages = nn.Sequential(*stages)
+            self.num_features = self.head_hidden_size = dims[-1]
+            self.feature_norms = nn.ModuleList([norm_layer(d) for d in dims]) if feature_norms else None
+            self.norm = norm_layer(self.num_features) if final_norm else nn.Identity()
+            self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool,
+                                       drop_rate=drop_rate, input_fmt=self.output_fmt)
+            self.apply(self._init_weights)
 
 
 
@@ -328,39 +341,58 @@ default_cfgs = generate_default_cfgs({
         crop_pct=1.0),
 })
 
-
-# The official README's ImageNet-1k top-1 and its params / FLOPs columns (FLOPs = multiply-adds).
-# fvcore counts CSWin-L at 33.19 / 102.06 GMACs against the README's 31.5 / 96.8 (model card).
-PAPER_RESULTS = {
-    "cswin_tiny_224": dict(top1=82.8, params_m=23, gflops=4.3),
-    "cswin_small_224": dict(top1=83.6, params_m=35, gflops=6.9),
-    "cswin_base_224": dict(top1=84.2, params_m=78, gflops=15.0),
-    "cswin_base_384": dict(top1=85.5, params_m=78, gflops=47.0),
-    "cswin_large_224": dict(top1=86.5, params_m=173, gflops=31.5),
-    "cswin_large_384": dict(top1=87.5, params_m=173, gflops=96.8),
-}
-
-
-# What turns the classifier into the official dense backbone (segmentation/backbone/
-# cswin_transformer.py): per-stage output norms (``backbone.norm1..4``); used by
-# backbones.dense.DenseBackbone(task=...).
-DENSE_BACKBONE_KWARGS = {
-    "detection": dict(feature_norms=True),
-    "segmentation": dict(feature_norms=True),
-}
-
-
-# The authors' constructor of each variant (file:function in OFFICIAL_REPO), for side-by-side
-# timing and output checks against a local clone (tools/benchmark.py --official).
-OFFICIAL_REPO = "microsoft/CSWin-Transformer"
-OFFICIAL_ENTRYPOINTS = {
-    "cswin_tiny_224": "models/cswin.py:CSWin_64_12211_tiny_224",
-    "cswin_small_224": "models/cswin.py:CSWin_64_24322_small_224",
-    "cswin_base_224": "models/cswin.py:CSWin_96_24322_base_224",
-    "cswin_base_384": "models/cswin.py:CSWin_96_24322_base_384",
-    "cswin_large_224": "models/cswin.py:CSWin_144_24322_large_224",
-    "cswin_large_384": "models/cswin.py:CSWin_144_24322_large_384",
-}
+FAMILY = register_family(Family(
+    name="cswin",
+    model_cls=CSWinTransformer,
+    checkpoint_filter_fn=checkpoint_filter_fn,
+    create_from_official=create_from_official,
+    official_repo="microsoft/CSWin-Transformer",
+    official_classes=("models/cswin.py:CSWinTransformer",
+                      "segmentation/backbone/cswin_transformer.py:CSWin"),
+    torchscript=("ops.window_attention_2d and ops.window_depthwise_conv2d take keyword-only "
+                 "arguments with defaults and ops.centered_window_offset builds a tuple from a "
+                 "generator, neither of which TorchScript compiles (torch.export works)"),
+    # exact parameter counts of the official implementation (1000-class heads)
+    param_counts={
+        "cswin_base_224": 77_382_184,
+        "cswin_base_384": 77_382_184,
+        "cswin_large_224": 173_262_664,
+        "cswin_large_384": 173_262_664,
+        "cswin_small_224": 34_643_304,
+        "cswin_tiny_224": 22_320_552,
+    },
+    tag_param_counts={
+        "cswin_large_224.in22k": 197_292_337,
+    },
+    # The authors' constructor of each variant, for side-by-side timing and output checks against
+    # a local clone (tools/benchmark.py --official).
+    official_entrypoints={
+        "cswin_tiny_224": "models/cswin.py:CSWin_64_12211_tiny_224",
+        "cswin_small_224": "models/cswin.py:CSWin_64_24322_small_224",
+        "cswin_base_224": "models/cswin.py:CSWin_96_24322_base_224",
+        "cswin_base_384": "models/cswin.py:CSWin_96_24322_base_384",
+        "cswin_large_224": "models/cswin.py:CSWin_144_24322_large_224",
+        "cswin_large_384": "models/cswin.py:CSWin_144_24322_large_384",
+    },
+    # The official README's ImageNet-1k top-1 and its params / FLOPs columns (FLOPs = multiply-
+    # adds). fvcore counts CSWin-L at 33.19 / 102.06 GMACs against the README's 31.5 / 96.8
+    # (model card).
+    paper_results={
+        "cswin_tiny_224": PaperResult(top1=82.8, params_m=23, gflops=4.3),
+        "cswin_small_224": PaperResult(top1=83.6, params_m=35, gflops=6.9),
+        "cswin_base_224": PaperResult(top1=84.2, params_m=78, gflops=15.0),
+        "cswin_base_384": PaperResult(top1=85.5, params_m=78, gflops=47.0),
+        "cswin_large_224": PaperResult(top1=86.5, params_m=173, gflops=31.5),
+        "cswin_large_384": PaperResult(top1=87.5, params_m=173, gflops=96.8),
+    },
+    # What turns the classifier into the official dense backbone (segmentation/backbone/
+    # cswin_transformer.py): per-stage output norms (``backbone.norm1..4``); used by
+    # backbones.dense.DenseBackbone(task=...).
+    dense_backbone_kwargs={
+        "detection": dict(feature_norms=True),
+        "segmentation": dict(feature_norms=True),
+    },
+))
 
 
 def _create_cswin(variant, pretrained=False, **kwargs):

@@ -36,20 +36,23 @@ the computation is timm's.
 """
 import math
 from functools import partial
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, make_divisible, trunc_normal_
+from timm.layers import DropPath, EcaModule, make_divisible, trunc_normal_
 from timm.models import generate_default_cfgs
 from timm.models.byobnet import ByoBlockCfg, ByoModelCfg, ByobNet, create_shortcut, interleave_blocks
 
 import ops
 
 from ._builder import build_zoo_model
+from ._family import Family, PaperResult, register_family
 from ._helpers import check_image_input, unwrap_checkpoint
 from ._registry import register_zoo_model
+from .layers import DeviceLike, notrace_function
 
 __all__ = ["HaloNet", "HaloAttention", "HaloAttnBlock", "checkpoint_filter_fn",
            "create_from_official", "model_cfgs"]
@@ -63,6 +66,19 @@ class HaloRelPosEmbed(nn.Module):
         super().__init__()
         self.height_rel = nn.Parameter(torch.empty(2 * win_size - 1, dim_head, device=device, dtype=dtype))
         self.width_rel = nn.Parameter(torch.empty(2 * win_size - 1, dim_head, device=device, dtype=dtype))
+
+
+@notrace_function
+def _pad_to_blocks(q, kv, block_size: int, stride: int):
+    """Zero keys / values beyond the bottom / right border up to whole blocks, as timm's halo
+    padding makes them, and the matching query rows / columns (computed, then cropped)."""
+    H, W = kv.shape[-2:]
+    Hq, Wq = q.shape[-2:]
+    Hp, Wp = -(-H // block_size) * block_size, -(-W // block_size) * block_size
+    if (Hp, Wp) != (H, W):
+        kv = F.pad(kv, (0, Wp - W, 0, Hp - H))
+        q = F.pad(q, (0, Wp // stride - Wq, 0, Hp // stride - Hq))
+    return q, kv
 
 
 class HaloAttention(nn.Module):
@@ -132,29 +148,21 @@ class HaloAttention(nn.Module):
         trunc_normal_(self.pos_embed.width_rel, std=self.scale)
 
     def forward(self, x):
-        B, _, H, W = x.shape
-        bs, stride = self.block_size, self.block_stride
         heads, d_qk, d_v = self.num_heads, self.dim_head_qk, self.dim_head_v
         q = self.q(x)
         kv = self.kv(x)
-        Hq, Wq = q.shape[-2:]  # ceil(H / stride): the 1x1 conv reads pixels (2i, 2j)
-        Hp, Wp = -(-H // bs) * bs, -(-W // bs) * bs
-        if (Hp, Wp) != (H, W):
-            # Zero keys / values beyond the border, as timm's halo padding makes them; the queries
-            # there are computed and cropped.
-            kv = F.pad(kv, (0, Wp - W, 0, Hp - H))
-            q = F.pad(q, (0, Wp // stride - Wq, 0, Hp // stride - Hq))
-        Hqp, Wqp = q.shape[-2:]
-        q = q.view(B, heads, d_qk, Hqp, Wqp).permute(0, 1, 3, 4, 2)
-        kv = kv.view(B, heads, d_qk + d_v, Hp, Wp).permute(0, 1, 3, 4, 2)
+        Hq, Wq = q.shape[-2], q.shape[-1]  # ceil(H / stride): the 1x1 conv reads pixels (2i, 2j)
+        q, kv = _pad_to_blocks(q, kv, self.block_size, self.block_stride)
+        # Sizes only through unflatten / flatten: no shape is read, so an empty batch and FX pass.
+        q = q.unflatten(1, (heads, d_qk)).permute(0, 1, 3, 4, 2)
+        kv = kv.unflatten(1, (heads, d_qk + d_v)).permute(0, 1, 3, 4, 2)
         k, v = kv[..., :d_qk], kv[..., d_qk:]
         out = ops.halo_attention_2d(
-            q, k, v, bs, self.halo_size, stride=stride,
+            q, k, v, self.block_size, self.halo_size, stride=self.block_stride,
             rel_pos=(self.pos_embed.height_rel, self.pos_embed.width_rel), scale=self.scale,
             scale_pos_embed=self.scale_pos_embed)
-        out = out.permute(0, 1, 4, 2, 3).reshape(B, heads * d_v, Hqp, Wqp)
-        if (Hqp, Wqp) != (Hq, Wq):
-            out = out[:, :, :Hq, :Wq]
+        # The crop is a no-op view on the block lattice.
+        out = out.permute(0, 1, 4, 2, 3).flatten(1, 2)[:, :, :Hq, :Wq]
         if self.use_avg_pool:
             # timm's AvgPool2d(2, 2); ceil_mode only matters for odd sizes timm cannot run, where
             # it gives ceil(H / 2) like the stride-2 shortcut.
@@ -210,24 +218,57 @@ class HaloAttnBlock(nn.Module):
         return self.act(x)
 
 
+class EcaModuleAnyBatch(EcaModule):
+    """timm's ``EcaModule`` (same parameters and outputs) whose reshapes name every size: timm's
+    ``view(B, 1, -1)`` cannot infer ``-1`` for an empty batch."""
+
+    def forward(self, x):
+        y = self.conv(x.mean((2, 3)).unsqueeze(1))  # (B, 1, C) for the 1-d conv over channels
+        if self.conv2 is not None:
+            y = self.conv2(self.act(y))
+        return x * self.gate(y).transpose(1, 2).unsqueeze(-1)
+
+
 class HaloNet(ByobNet):
     """timm's ``ByobNet`` with the zoo's halo attention: timm's model API, key layout and
     ``feature_info`` (five levels: the stem tap at stride 2, stages 1-3, the last stage / final
     conv), plus clear input errors and a ``no_weight_decay`` for timm's optimizer factory.
 
     Args: as ``ByobNet`` (``cfg``: a ``ByoModelCfg`` whose ``self_attn_layer`` is
-    :class:`HaloAttention`; see ``model_cfgs``).
+    :class:`HaloAttention`; see ``model_cfgs``); ``device`` / ``dtype``: where and in which
+    floating-point type parameters and buffers are created (``device="meta"`` allocates nothing).
     """
 
-    def __init__(self, cfg: ByoModelCfg, **kwargs):
-        super().__init__(cfg, **kwargs)
+    def __init__(
+            self,
+            cfg: ByoModelCfg,
+            num_classes: int = 1000,
+            in_chans: int = 3,
+            global_pool: Optional[str] = None,
+            output_stride: int = 32,
+            img_size: Optional[Union[int, Tuple[int, int]]] = None,
+            drop_rate: float = 0.,
+            drop_block_rate: float = 0.,
+            drop_block_size: int = 3,
+            drop_path_rate: float = 0.,
+            zero_init_last: bool = True,
+            device: DeviceLike = None,
+            dtype: Optional[torch.dtype] = None,
+            **kwargs,
+    ):
+        super().__init__(
+            cfg, num_classes=num_classes, in_chans=in_chans, global_pool=global_pool,
+            output_stride=output_stride, img_size=img_size, drop_rate=drop_rate,
+            drop_block_rate=drop_block_rate, drop_block_size=drop_block_size,
+            drop_path_rate=drop_path_rate, zero_init_last=zero_init_last, device=device,
+            dtype=dtype, **kwargs)
         foreign = sorted({type(m.self_attn).__name__ for m in self.modules()
                           if hasattr(m, "self_attn") and not isinstance(m.self_attn, HaloAttention)})
         if foreign:
             raise ValueError(f"HaloNet runs the zoo's HaloAttention only, the cfg built {foreign}")
 
     def _check_input(self, x):
-        check_image_input(x, self.in_chans, type(self).__name__)
+        return check_image_input(x, self.in_chans, type(self).__name__)
 
     @torch.jit.ignore
     def no_weight_decay(self):
@@ -236,7 +277,7 @@ class HaloNet(ByobNet):
         return set()
 
     def forward_features(self, x):
-        self._check_input(x)
+        x = self._check_input(x)
         return super().forward_features(x)
 
     def forward_intermediates(self, x, indices=None, norm=False, stop_early=False,
@@ -244,7 +285,7 @@ class HaloNet(ByobNet):
                               exclude_final_conv=False):
         if output_fmt != "NCHW":
             raise ValueError(f"HaloNet features are NCHW only, got output_fmt={output_fmt!r}")
-        self._check_input(x)
+        x = self._check_input(x)
         return super().forward_intermediates(
             x, indices=indices, norm=norm, stop_early=stop_early, output_fmt=output_fmt,
             intermediates_only=intermediates_only, exclude_final_conv=exclude_final_conv)
@@ -318,7 +359,8 @@ model_cfgs = dict(
             interleave_blocks(types=("bottle", "self_attn"), d=2, c=1024, s=2, gs=16, br=0.25),
             ByoBlockCfg(type="self_attn", d=2, c=2048, s=2, gs=16, br=0.25),
         ),
-        stem_chs=64, stem_type="tiered", stem_pool="maxpool", act_layer="silu", attn_layer="eca",
+        stem_chs=64, stem_type="tiered", stem_pool="maxpool", act_layer="silu",
+        attn_layer=EcaModuleAnyBatch,
         self_attn_layer=HaloAttention,
         self_attn_kwargs=dict(block_size=8, halo_size=2, dim_head=16)),
     haloregnetz_b=ByoModelCfg(
@@ -354,7 +396,7 @@ _ARCHS = {
 
 # Zoo model -> timm's model of the same architecture (state dicts interchange unchanged):
 # tools/benchmark.py --compare times both, tests/test_halonet.py compares their outputs.
-TIMM_EQUIVALENTS = {name: twin for name, (_, twin) in _ARCHS.items() if twin}
+_TIMM_TWINS = {name: twin for name, (_, twin) in _ARCHS.items() if twin}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -423,12 +465,18 @@ def _zoo_cfg(cfg):
             return layer
         raise ValueError(f"only halo self-attention is supported, the cfg has {layer!r}")
 
+    def swap_channel_attn(layer):
+        # timm's ECA fails on an empty batch; the zoo's has the same parameters and outputs
+        return EcaModuleAnyBatch if isinstance(layer, str) and layer.lower() == "eca" else layer
+
     def swap_block(b):
         if isinstance(b, (tuple, list)):
             return tuple(swap_block(x) for x in b)
-        return replace(b, self_attn_layer=swap(b.self_attn_layer))
+        return replace(b, self_attn_layer=swap(b.self_attn_layer),
+                       attn_layer=swap_channel_attn(b.attn_layer))
 
     return replace(cfg, self_attn_layer=swap(cfg.self_attn_layer),
+                   attn_layer=swap_channel_attn(cfg.attn_layer),
                    blocks=tuple(swap_block(b) for b in cfg.blocks))
 
 
@@ -488,30 +536,54 @@ default_cfgs = generate_default_cfgs({
         notes=_TIMM_WEIGHTS_NOTE),
 })
 
-
-# H0-H7: the paper's ImageNet-1k top-1 and params (M) (paper Table; the spec could not re-read the
-# PDF: verify before quoting). The timm hybrids have no paper: their row holds timm's own
-# evaluation of the released weights (results-imagenet.csv) and timm's params / GMACs.
-PAPER_RESULTS = {
-    "halonet_h0_256": dict(top1=77.9, params_m=5.5, gflops=None),
-    "halonet_h1_256": dict(top1=79.9, params_m=8.1, gflops=None),
-    "halonet_h2_256": dict(top1=80.4, params_m=9.4, gflops=None),
-    "halonet_h3_320": dict(top1=81.9, params_m=11.8, gflops=None),
-    "halonet_h4_384": dict(top1=83.3, params_m=19.1, gflops=None),
-    "halonet_h5_448": dict(top1=84.0, params_m=30.7, gflops=None),
-    "halonet_h6_512": dict(top1=84.4, params_m=43.4, gflops=None),
-    "halonet_h7_600": dict(top1=84.9, params_m=67.4, gflops=None),
-    "halonet26t_256": dict(top1=79.134, params_m=12.48, gflops=3.19),
-    "sehalonet33ts_256": dict(top1=80.976, params_m=13.69, gflops=3.55),
-    "halonet50ts_256": dict(top1=81.640, params_m=22.73, gflops=5.30),
-    "eca_halonext26ts_256": dict(top1=79.518, params_m=10.76, gflops=2.44),
-    "haloregnetz_b_224": dict(top1=81.058, params_m=11.68, gflops=1.97),
-}
-
-# No official code exists (tools/benchmark.py --official has nothing to run); timm's twins are in
-# TIMM_EQUIVALENTS.
-OFFICIAL_REPO = None
-OFFICIAL_ENTRYPOINTS = {}
+FAMILY = register_family(Family(
+    name="halonet",
+    model_cls=HaloNet,
+    checkpoint_filter_fn=checkpoint_filter_fn,
+    create_from_official=create_from_official,
+    # No official code exists (tools/benchmark.py --official has nothing to run): timm's models
+    # of the same architectures are the reference.
+    official_repo=None,
+    official_classes=(),
+    timm_equivalents=_TIMM_TWINS,
+    torchscript=("ops.halo_attention_2d takes keyword-only arguments with defaults, which "
+                 "TorchScript cannot compile (torch.export works)"),
+    # exact parameter counts (1000-class heads): timm's models, and the paper family rebuilt from
+    # its table (spec halonet.md)
+    param_counts={
+        "eca_halonext26ts_256": 10_756_885,
+        "halonet26t_256": 12_480_288,
+        "halonet50ts_256": 22_733_280,
+        "halonet_h0_256": 5_500_952,
+        "halonet_h1_256": 8_100_056,
+        "halonet_h2_256": 9_404_312,
+        "halonet_h3_320": 11_841_304,
+        "halonet_h4_384": 19_101_976,
+        "halonet_h5_448": 30_717_272,
+        "halonet_h6_512": 43_456_792,
+        "halonet_h7_600": 67_433_240,
+        "haloregnetz_b_224": 11_680_072,
+        "sehalonet33ts_256": 13_691_712,
+    },
+    # H0-H7: the paper's ImageNet-1k top-1 and params (M) (paper table, not re-read: verify
+    # before quoting). The timm hybrids have no paper: their row holds timm's own evaluation of
+    # the released weights (results-imagenet.csv) and timm's params / GMACs.
+    paper_results={
+        "halonet_h0_256": PaperResult(top1=77.9, params_m=5.5, verified=False),
+        "halonet_h1_256": PaperResult(top1=79.9, params_m=8.1, verified=False),
+        "halonet_h2_256": PaperResult(top1=80.4, params_m=9.4, verified=False),
+        "halonet_h3_320": PaperResult(top1=81.9, params_m=11.8, verified=False),
+        "halonet_h4_384": PaperResult(top1=83.3, params_m=19.1, verified=False),
+        "halonet_h5_448": PaperResult(top1=84.0, params_m=30.7, verified=False),
+        "halonet_h6_512": PaperResult(top1=84.4, params_m=43.4, verified=False),
+        "halonet_h7_600": PaperResult(top1=84.9, params_m=67.4, verified=False),
+        "halonet26t_256": PaperResult(top1=79.134, params_m=12.48, gflops=3.19),
+        "sehalonet33ts_256": PaperResult(top1=80.976, params_m=13.69, gflops=3.55),
+        "halonet50ts_256": PaperResult(top1=81.640, params_m=22.73, gflops=5.30),
+        "eca_halonext26ts_256": PaperResult(top1=79.518, params_m=10.76, gflops=2.44),
+        "haloregnetz_b_224": PaperResult(top1=81.058, params_m=11.68, gflops=1.97),
+    },
+))
 
 
 def _create_halonet(variant, pretrained=False, **kwargs):

@@ -2,6 +2,7 @@
 takes, the official constructor's traps, any input size, and clear input errors."""
 import pytest
 import torch
+import torch.nn.functional as F
 import timm
 from timm.data import resolve_data_config
 
@@ -105,12 +106,75 @@ def test_any_input_size(size):
     assert torch.isfinite(out).all()
 
 
-def test_padding_is_centred_and_unmasked():
-    """Padding a non-divisible grid must follow the official dense backbone: a different choice
-    (masking the padded keys) gives different numbers."""
+def _explicit_stripe_attention(attn, x, front):
+    """The official dense backbone's recipe, written out with plain tensor ops: q, k, v zero-padded
+    after the projection with ``front(pad)`` rows / columns before the grid and the rest after,
+    cut into stripes, attention with the padded keys left in the softmax, LePE (the depthwise conv
+    of v) run on each stripe on its own, the padding cropped, the branches concatenated and
+    projected. ``x``: (B, H, W, C)."""
+    B, H, W, C = x.shape
+    cb, heads, d = C // attn.num_branches, attn.branch_heads, attn.head_dim
+    qkv = attn.qkv(x).view(B, H, W, 3, C)
+    outs = []
+    for b in range(attn.num_branches):
+        wh, ww = attn.branch_window(b, H, W) or (H, W)
+        ph, pw = (-H) % wh, (-W) % ww
+        top, left = front(ph), front(pw)
+        t = qkv[..., b * cb:(b + 1) * cb].permute(0, 3, 4, 1, 2)              # (B, 3, cb, H, W)
+        t = F.pad(t, (left, pw - left, top, ph - top))
+        nwy, nwx = (H + ph) // wh, (W + pw) // ww
+        t = t.reshape(B, 3, cb, nwy, wh, nwx, ww).permute(1, 0, 3, 5, 2, 4, 6)
+        q, k, v = t.reshape(3, B * nwy * nwx, cb, wh, ww)                      # one row per stripe
+        lepe = F.conv2d(v, attn.lepe[b].weight, attn.lepe[b].bias, padding=1, groups=cb)
+
+        def tokens(z):
+            return z.reshape(-1, heads, d, wh * ww).transpose(-1, -2)
+
+        logits = tokens(q) @ tokens(k).transpose(-1, -2) * attn.scale
+        out = logits.softmax(-1) @ tokens(v) + tokens(lepe)                  # (N, heads, L, d)
+        out = out.transpose(-1, -2).reshape(B, nwy, nwx, cb, wh, ww)
+        out = out.permute(0, 1, 4, 2, 5, 3).reshape(B, nwy * wh, nwx * ww, cb)
+        outs.append(out[:, top:top + H, left:left + W])
+    return attn.proj(torch.cat(outs, dim=-1))
+
+
+def _centred(pad):
+    return pad // 2
+
+
+def test_padding_is_centred(monkeypatch):
+    """A grid that does not divide into stripes is padded with the first half of the padding
+    (rounded down) before it: the layer equals the explicit pad / crop computation, and the
+    explicit computation with the padding all behind or all in front (what a layer that ignores
+    the centring would compute) is clearly different, so the comparison can fail."""
+    attn = _small().stages[2].blocks[0].attn
+    assert attn.num_branches == 2 and attn.split_size == 7
+    # 11 x 16 with stripes of 7: (11, 7) windows pad W by 5 (2 before, 3 after), (7, 16) windows
+    # pad H by 3 (1 before, 2 after): unequal halves on both axes.
+    x = torch.randn(2, 11, 16, attn.dim, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        out = attn(x)
+        centred = _explicit_stripe_attention(attn, x, _centred)
+        behind = _explicit_stripe_attention(attn, x, lambda pad: 0)
+        in_front = _explicit_stripe_attention(attn, x, lambda pad: pad)
+        ceil_half = _explicit_stripe_attention(attn, x, lambda pad: pad - pad // 2)
+    torch.testing.assert_close(out, centred, rtol=0, atol=2e-5)
+    for other in (behind, in_front, ceil_half):
+        assert (other - centred).abs().max() > 1e-2
+    # The layer's offset decides: padding everything behind (window offset 0) gives the
+    # explicit 'behind' numbers, not the centred ones.
+    monkeypatch.setattr(cswin.ops, "centered_window_offset", lambda grid, window: (0, 0))
+    with torch.no_grad():
+        shifted = attn(x)
+    torch.testing.assert_close(shifted, behind, rtol=0, atol=2e-5)
+    assert (shifted - centred).abs().max() > 1e-2
+
+
+def test_padded_keys_are_not_masked():
+    """Padded keys take part in the softmax (logit 0, value 0) as in the official dense backbone:
+    masking them instead gives different numbers."""
     model = _small()
     x = torch.randn(1, 3, 100, 150)
-    attn = model.stages[2].blocks[0].attn
     with torch.no_grad():
         base = model(x)
         original = ops.window_attention_2d
@@ -124,7 +188,17 @@ def test_padding_is_centred_and_unmasked():
         finally:
             cswin.ops.window_attention_2d = original
     assert (base - changed).abs().max() > 1e-4
-    assert attn.split_size == 7
+
+
+@pytest.mark.parametrize("fixture", ["cswin_nondefault", "cswin_dense_nondefault"])
+def test_nondefault_fixture_parameter_count_equals_official(fixture):
+    """The official model of each non-default fixture and the zoo model built from its kwargs
+    have the same number of parameters (the official state dict holds parameters only)."""
+    config, official, _ = load_fixture(GOLDEN, fixture)
+    official_count = sum(v.numel() for v in official.values())
+    assert official_count == config["param_count"]
+    model = cswin.create_from_official(config["kwargs"], config["official_class"])
+    assert sum(p.numel() for p in model.parameters()) == official_count
 
 
 def test_input_errors_are_clear():

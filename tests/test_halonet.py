@@ -9,14 +9,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from timm.layers import EcaModule
 from timm.layers.halo_attn import HaloAttn
 from timm.models.byoanet import model_cfgs as timm_byoa_cfgs
+from timm.models.byobnet import ByoBlockCfg, ByoModelCfg, ByobNet
 
 import ops
 from backbones import PretrainedWeightsError, halonet
 from backbones.halonet import HaloAttention
 
-TWINS = sorted(halonet.TIMM_EQUIVALENTS.items())
+TWINS = sorted(halonet.FAMILY.timm_equivalents.items())
 PAPER = {  # spec halonet.md: (block, halo, rv, rb, l3, df, res, params (M) "rebuilt here")
     "halonet_h0_256": (8, 3, 1.0, 0.5, 7, None, 256, 5.50),
     "halonet_h1_256": (8, 3, 1.0, 1.0, 10, None, 256, 8.10),
@@ -107,7 +109,7 @@ def test_timm_registry_is_untouched():
         assert type(model).__module__ == "timm.models.byobnet"
         layers = [m for m in model.modules() if isinstance(m, (HaloAttn, HaloAttention))]
         assert layers and all(type(m) is HaloAttn for m in layers)
-    for name in halonet.TIMM_EQUIVALENTS:
+    for name in halonet.FAMILY.timm_equivalents:
         model = timm.create_model(name)
         layers = [m for m in model.modules() if isinstance(m, (HaloAttn, HaloAttention))]
         assert layers and all(type(m) is HaloAttention for m in layers)
@@ -123,10 +125,20 @@ LAYER_CASES = [
     dict(stride=1, block_size=4, halo_size=2, dim_head=6),         # d_qk != d_v
     dict(stride=1, block_size=4, halo_size=1, qk_ratio=0.5),
     dict(stride=1, block_size=4, halo_size=1, qkv_bias=True, scale_pos_embed=True),
+    dict(stride=1, block_size=4, halo_size=1, num_heads=4),
+    dict(stride=2, block_size=4, halo_size=1, num_heads=1, dim_head=12),  # strided, d_qk != d_v
+    dict(stride=1, block_size=5, halo_size=2),                     # odd block, stride 1
+    dict(stride=1, block_size=4, halo_size=0),                     # no halo
+    dict(stride=2, block_size=4, halo_size=3, qk_ratio=0.75, qkv_bias=True, scale_pos_embed=True),
+    dict(stride=1, block_size=4, halo_size=1, dim_out=None),       # dim_out defaults to dim
 ]
 
 
 def _timm_layer_and_ours(dim=16, dim_out=24, num_heads=2, seed=0, **kw):
+    if "dim_out" in kw:
+        dim_out = kw.pop("dim_out")
+    if "num_heads" in kw:
+        num_heads = kw.pop("num_heads")
     torch.manual_seed(seed)
     ref = HaloAttn(dim, dim_out, num_heads=num_heads, **kw).eval()
     if kw.get("qkv_bias"):
@@ -138,7 +150,7 @@ def _timm_layer_and_ours(dim=16, dim_out=24, num_heads=2, seed=0, **kw):
 
 @pytest.mark.parametrize("kw", LAYER_CASES, ids=lambda kw: "-".join(f"{k}{v}" for k, v in kw.items()))
 def test_layer_equals_timm_halo_attn(kw):
-    ref, ours = _timm_layer_and_ours(**kw)
+    ref, ours = _timm_layer_and_ours(**dict(kw))
     bs = kw["block_size"]
     x = torch.randn(2, 16, 4 * bs, 2 * bs)
     with torch.no_grad():
@@ -255,7 +267,7 @@ def test_any_input_size(name, size):
     for feat, red, chs in zip(feats, model.feature_info.reduction(), model.feature_info.channels()):
         assert feat.shape[1:] == (chs, math.ceil(size / red), math.ceil(size / red))
         assert torch.isfinite(feat).all()
-    twin = halonet.TIMM_EQUIVALENTS.get(name)
+    twin = halonet.FAMILY.timm_equivalents.get(name)
     if twin:
         with pytest.raises(AssertionError):
             timm.create_model(twin).eval()(_image(size))
@@ -366,3 +378,64 @@ def test_create_from_official_builds_timms_architectures():
         halonet.create_from_official({}, "resnet50")
     with pytest.raises(ValueError, match="only halo"):
         halonet.create_from_official({"cfg": timm_byoa_cfgs["botnet26t"]})
+
+
+def _nondefault_cfg():
+    """Every halo argument away from timm's released values, per block group: heads, qk_ratio,
+    qkv_bias, scale_pos_embed, strided queries, the odd-block and avg_down pooling fallbacks,
+    dim_head; plus ECA channel attention (the zoo swaps in its batch-safe copy)."""
+    return ByoModelCfg(
+        blocks=(
+            ByoBlockCfg(type="bottle", d=1, c=32, s=1, gs=0, br=0.25),
+            ByoBlockCfg(type="self_attn", d=2, c=64, s=2, gs=0, br=0.5),
+            ByoBlockCfg(type="self_attn", d=1, c=96, s=2, gs=0, br=0.5,
+                        self_attn_kwargs=dict(block_size=3, halo_size=1, num_heads=3)),
+            ByoBlockCfg(type="self_attn", d=1, c=128, s=2, gs=0, br=0.5,
+                        self_attn_kwargs=dict(block_size=2, halo_size=1, num_heads=2, dim_head=8,
+                                              avg_down=True)),
+        ),
+        stem_chs=16, stem_type="tiered", stem_pool="maxpool", attn_layer="eca",
+        self_attn_layer="halo",
+        self_attn_kwargs=dict(block_size=4, halo_size=1, num_heads=4, qk_ratio=0.5, qkv_bias=True,
+                              scale_pos_embed=True))
+
+
+def test_nondefault_attention_arguments_match_timm():
+    """A timm ByobNet with timm's HaloAttn at non-default attention arguments, and the zoo model
+    create_from_official builds from the same cfg: same keys, same logits and features."""
+    torch.manual_seed(0)
+    ref = _randomize_norms(ByobNet(_nondefault_cfg(), num_classes=5)).eval()
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if name.endswith(("q.bias", "kv.bias")):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)  # timm zero-inits conv biases
+    ours = halonet.create_from_official({"cfg": _nondefault_cfg(), "num_classes": 5}).eval()
+    ours.load_state_dict(halonet.checkpoint_filter_fn(ref.state_dict(), ours), strict=True)
+    layers = [m for m in ours.modules() if isinstance(m, HaloAttention)]
+    assert {(m.num_heads, m.block_size, m.halo_size, m.use_avg_pool, m.block_stride) for m in layers} \
+        == {(4, 4, 1, False, 2), (4, 4, 1, False, 1), (3, 3, 1, True, 1), (2, 2, 1, True, 1)}
+    assert all(m.q.bias is not None and m.scale_pos_embed for m in layers if m.num_heads == 4)
+    n_eca = sum(type(m) is EcaModule for m in ref.modules())
+    assert n_eca and sum(type(m) is halonet.EcaModuleAnyBatch for m in ours.modules()) == n_eca
+    x = _image(96, batch=2)
+    with torch.no_grad():
+        final_ref, feats_ref = ref.forward_intermediates(x)
+        final, feats = ours.forward_intermediates(x)
+        logits_ref, logits = ref.forward_head(final_ref), ours.forward_head(final)
+    assert logits_ref.abs().max() > 1e-2
+    torch.testing.assert_close(logits, logits_ref, rtol=0, atol=1e-5)
+    for a, b in zip(feats, feats_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    with torch.no_grad():
+        assert ours(torch.randn(0, 3, 96, 96)).shape == (0, 5)
+
+
+def test_batch_safe_eca_equals_timms():
+    torch.manual_seed(0)
+    ref = EcaModule(channels=48).eval()
+    ours = halonet.EcaModuleAnyBatch(channels=48).eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(2, 48, 5, 7)
+    assert torch.equal(ours(x), ref(x))
+    assert ours(x[:0]).shape == (0, 48, 5, 7)
