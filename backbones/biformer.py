@@ -22,37 +22,111 @@ projection, padded tokens take part (unmasked) in the region means, the attentio
 the output is cropped. The nchw layout pads the way its official op does (floor region size, q/k/v
 zero-padded after the projection, region means over valid tokens only). At sizes the official
 classifiers accept, both are the identical computation.
+
+The routing indices of every BRA layer are the output of its ``attn.router`` submodule
+(``(B, regions, topk)``, descending score): a forward hook reads them.
 """
 import re
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, LayerNorm2d
-from timm.models import checkpoint_seq, generate_default_cfgs
+from timm.layers import ClassifierHead, DropPath, LayerNorm2d, get_norm_layer
+from timm.models import generate_default_cfgs
 
 import ops
 
 from ._builder import build_zoo_model
 from ._helpers import unwrap_checkpoint
-from .layers import StagedBackboneMixin
+from .layers import (DeviceLike, Stage, StagedBackboneMixin, calculate_drop_path_rates,
+                     factory_context, notrace_function)
+from ._family import Family, PaperResult, register_family
 from ._registry import register_zoo_model
 
-__all__ = ["BiFormer", "BiLevelRoutingAttention", "GlobalAttention", "checkpoint_filter_fn",
-           "create_from_official", "golden_outputs"]
+__all__ = ["BiFormer", "BiLevelRoutingAttention", "GlobalAttention", "RegionRouter",
+           "checkpoint_filter_fn", "create_from_official"]
 
 ROUTING_MODES = ("legacy", "nchw")
+IntOrStages = Union[int, Sequence[int]]
 
 
-def _norm2d(kind, dim):
-    """Norm over the channels of an NCHW map: ``'batchnorm'`` (eps 1e-5) or ``'layernorm2d'``
-    (timm ``LayerNorm2d``, eps 1e-6)."""
-    if kind == "batchnorm":
-        return nn.BatchNorm2d(dim)
-    if kind == "layernorm2d":
-        return LayerNorm2d(dim, eps=1e-6)
-    raise ValueError(f"norm_layer must be 'batchnorm' or 'layernorm2d', got {kind!r}")
+def region_layout(H: int, W: int, n_win: int, routing: str = "legacy"):
+    """``(region_size, padded grid)`` of an ``H x W`` map: ``'legacy'`` pads to a multiple of
+    ``n_win`` (exactly ``n_win x n_win`` regions of ``ceil(H / n_win) x ceil(W / n_win)``);
+    ``'nchw'`` takes ``(H // n_win) x (W // n_win)`` regions (at least 1), as many as cover it."""
+    if routing == "legacy":
+        rh, rw = -(-H // n_win), -(-W // n_win)
+        return (rh, rw), (rh * n_win, rw * n_win)
+    rh, rw = max(1, H // n_win), max(1, W // n_win)
+    return (rh, rw), (-(-H // rh) * rh, -(-W // rw) * rw)
+
+
+# Shape arithmetic on the region grid, as FX leaves (under a trace the shapes are Proxies).
+
+@notrace_function
+def _region_size(x: torch.Tensor, n_win: int, routing: str) -> Tuple[int, int]:
+    """Region size of the NHWC map ``x``."""
+    return region_layout(x.shape[1], x.shape[2], n_win, routing)[0]
+
+
+@notrace_function
+def _pad_grid(x: torch.Tensor, multiple: Tuple[int, int]) -> torch.Tensor:
+    """``x`` (NHWC) zero-padded on the bottom / right to a multiple of ``multiple`` (no copy when
+    it already is one)."""
+    pad_h, pad_w = -x.shape[1] % multiple[0], -x.shape[2] % multiple[1]
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    return x
+
+
+@notrace_function
+def _crop_grid(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``x`` (NHWC) cropped to the grid of ``like`` (a view)."""
+    return x[:, :like.shape[1], :like.shape[2]]
+
+
+@notrace_function
+def _topk_regions(logits: torch.Tensor, topk: int) -> torch.Tensor:
+    # At most every region (small grids); torch.topk resolves ties as the official router does.
+    return torch.topk(logits, k=min(topk, logits.shape[-1]), dim=-1).indices
+
+
+class RegionRouter(nn.Module):
+    """Region-to-region routing: the ``topk`` key regions of every query region, by the dot
+    product of region-mean queries and keys. Parameter-free and not differentiated (the official
+    routers detach q and k).
+
+    ``forward(q, k, region_size)``: NHWC q / k maps -> ``(B, regions, topk)`` int64, regions
+    row-major, best first. ``'legacy'``: the map is already padded to ``n_win x n_win`` whole
+    regions, means over every token (padded ones too), logits scaled by ``scale``. ``'nchw'``: the
+    unpadded map, means over the valid tokens of each ``region_size`` region (ceil-mode average
+    pooling), unscaled logits (the official nchw router has no scale).
+    """
+
+    def __init__(self, topk: int, n_win: int, scale: float, routing: str = "legacy"):
+        super().__init__()
+        self.topk, self.n_win, self.scale, self.routing = topk, n_win, scale, routing
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor,
+                region_size: Tuple[int, int]) -> torch.Tensor:
+        q, k = q.detach(), k.detach()
+        if self.routing == "legacy":
+            n = self.n_win
+            q_r = q.unflatten(1, (n, -1)).unflatten(3, (n, -1)).mean((2, 4)).flatten(1, 2)
+            k_r = k.unflatten(1, (n, -1)).unflatten(3, (n, -1)).mean((2, 4)).flatten(1, 2)
+            logits = (q_r * self.scale) @ k_r.transpose(-2, -1)
+        else:
+            q_r = F.avg_pool2d(q.permute(0, 3, 1, 2), region_size, ceil_mode=True,
+                               count_include_pad=False).flatten(2).transpose(1, 2)
+            k_r = F.avg_pool2d(k.permute(0, 3, 1, 2), region_size, ceil_mode=True,
+                               count_include_pad=False).flatten(2)
+            logits = q_r @ k_r
+        return _topk_regions(logits, self.topk)
+
+    def extra_repr(self) -> str:
+        return f"topk={self.topk}, n_win={self.n_win}, routing={self.routing!r}"
 
 
 class BiLevelRoutingAttention(nn.Module):
@@ -62,9 +136,7 @@ class BiLevelRoutingAttention(nn.Module):
     ``m`` owns channels ``[m * d, (m + 1) * d)`` of each (official layout).
 
     Args:
-        n_win: regions per side. ``'legacy'``: exactly ``n_win x n_win`` regions of
-            ``ceil(H / n_win) x ceil(W / n_win)`` tokens; ``'nchw'``: regions of
-            ``(H // n_win) x (W // n_win)`` tokens (at least 1), as many as cover the grid.
+        n_win: regions per side (see :func:`region_layout`).
         topk: key regions per query region (at most the number of regions on small grids).
         qk_scale: logit scale, default ``qk_dim ** -0.5`` (the full q/k width, as officially).
         side_dwconv: LePE kernel (0: none).
@@ -72,8 +144,9 @@ class BiLevelRoutingAttention(nn.Module):
         routing: ``'legacy'`` or ``'nchw'`` padding / region-mean semantics (module docstring).
     """
 
-    def __init__(self, dim, num_heads, n_win=7, topk=4, qk_dim=None, qk_scale=None, side_dwconv=5,
-                 proj=True, routing="legacy"):
+    def __init__(self, dim: int, num_heads: int, n_win: int = 7, topk: int = 4,
+                 qk_dim: Optional[int] = None, qk_scale: Optional[float] = None,
+                 side_dwconv: int = 5, proj: bool = True, routing: str = "legacy"):
         super().__init__()
         qk_dim = qk_dim or dim
         if qk_dim % num_heads or dim % num_heads:
@@ -87,71 +160,41 @@ class BiLevelRoutingAttention(nn.Module):
         self.n_win, self.topk, self.routing = n_win, topk, routing
         self.scale = qk_scale or qk_dim ** -0.5  # `or`: the official code ignores 0
         self.qkv = nn.Linear(dim, 2 * qk_dim + dim)
+        self.router = RegionRouter(topk, n_win, self.scale, routing)
         self.lepe = (nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
                      if side_dwconv > 0 else None)
         self.proj = nn.Linear(dim, dim) if proj else nn.Identity()
-        # Set by golden_outputs / users to keep the last routing indices (B, regions, topk).
-        self.record_routing = False
-        self.routing_index = None
 
-    def region_layout(self, H, W):
+    def region_layout(self, H: int, W: int):
         """``(region_size, padded grid)`` for an ``H x W`` input."""
-        n = self.n_win
-        if self.routing == "legacy":  # pad to a multiple of n_win: exactly n_win x n_win regions
-            rh, rw = -(-H // n), -(-W // n)
-            return (rh, rw), (rh * n, rw * n)
-        rh, rw = max(1, H // n), max(1, W // n)
-        return (rh, rw), (-(-H // rh) * rh, -(-W // rw) * rw)
-
-    def route(self, q_r, k_r):
-        """Top-k key regions per query region from region descriptors ``(B, regions, qk_dim)``;
-        sorted by descending score (``torch.topk``, the official router)."""
-        if self.routing == "legacy":
-            logits = (q_r * self.scale) @ k_r.transpose(-2, -1)
-        else:
-            logits = q_r @ k_r.transpose(-2, -1)  # the nchw router has no scale
-        return torch.topk(logits, k=min(self.topk, logits.shape[-1]), dim=-1).indices
+        return region_layout(H, W, self.n_win, self.routing)
 
     def forward(self, x):
-        B, H, W, C = x.shape
         qk, heads = self.qk_dim, self.num_heads
-        (rh, rw), (Hp, Wp) = self.region_layout(H, W)
-        gh, gw = Hp // rh, Wp // rw
+        region_size = _region_size(x, self.n_win, self.routing)
         if self.routing == "legacy":
-            if (Hp, Wp) != (H, W):
-                x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))  # before qkv: padded q/k/v = biases
-            qkv = self.qkv(x)
-            with torch.no_grad():
-                # Region means over every token of the region, padded ones included.
-                q_r = qkv[..., :qk].reshape(B, gh, rh, gw, rw, qk).mean((2, 4)).flatten(1, 2)
-                k_r = qkv[..., qk:2 * qk].reshape(B, gh, rh, gw, rw, qk).mean((2, 4)).flatten(1, 2)
+            # Pad before qkv (padded q/k/v = biases); the router sees whole regions.
+            qkv = self.qkv(_pad_grid(x, (self.n_win, self.n_win)))
+            region_index = self.router(qkv[..., :qk], qkv[..., qk:2 * qk], region_size)
         else:
+            # The router pools the valid tokens; q/k/v are padded with zeros after qkv.
             qkv = self.qkv(x)
-            with torch.no_grad():
-                # Region means over the valid tokens only (the nchw op's avg-pool semantics).
-                qk_map = qkv[..., :2 * qk].permute(0, 3, 1, 2)
-                pooled = F.avg_pool2d(qk_map, (rh, rw), ceil_mode=True, count_include_pad=False)
-                pooled = pooled.flatten(2).transpose(1, 2)
-                q_r, k_r = pooled[..., :qk], pooled[..., qk:]
-            if (Hp, Wp) != (H, W):
-                qkv = F.pad(qkv, (0, 0, 0, Wp - W, 0, Hp - H))  # after qkv: padded q/k/v = 0
-        region_index = self.route(q_r, k_r)
-        if self.record_routing:
-            self.routing_index = region_index
+            region_index = self.router(qkv[..., :qk], qkv[..., qk:2 * qk], region_size)
+            qkv = _pad_grid(qkv, region_size)
         # (B, heads, Hp, Wp, d) strided views of the projection: no copy.
-        q = qkv[..., :qk].unflatten(-1, (heads, qk // heads)).permute(0, 3, 1, 2, 4)
-        k = qkv[..., qk:2 * qk].unflatten(-1, (heads, qk // heads)).permute(0, 3, 1, 2, 4)
-        v = qkv[..., 2 * qk:].unflatten(-1, (heads, C // heads)).permute(0, 3, 1, 2, 4)
-        out = ops.routed_attention_2d(q, k, v, region_index, (rh, rw), scale=self.scale)
-        out = out.permute(0, 2, 3, 1, 4).reshape(B, Hp, Wp, C)
+        q = qkv[..., :qk].unflatten(-1, (heads, -1)).permute(0, 3, 1, 2, 4)
+        k = qkv[..., qk:2 * qk].unflatten(-1, (heads, -1)).permute(0, 3, 1, 2, 4)
+        v = qkv[..., 2 * qk:].unflatten(-1, (heads, -1)).permute(0, 3, 1, 2, 4)
+        out = ops.routed_attention_2d(q, k, v, region_index, region_size, scale=self.scale)
+        out = out.permute(0, 2, 3, 1, 4).flatten(3)
         if self.routing == "legacy":
             if self.lepe is not None:  # LePE over the padded V, as the official auto_pad does
                 out = out + self.lepe(qkv[..., 2 * qk:].permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-            out = out[:, :H, :W]
+            out = _crop_grid(out, x)
         else:
-            out = out[:, :H, :W]
+            out = _crop_grid(out, x)
             if self.lepe is not None:  # LePE over the unpadded V
-                v_map = qkv[:, :H, :W, 2 * qk:].permute(0, 3, 1, 2)
+                v_map = _crop_grid(qkv[..., 2 * qk:], x).permute(0, 3, 1, 2)
                 out = out + self.lepe(v_map).permute(0, 2, 3, 1)
         return self.proj(out)
 
@@ -164,8 +207,9 @@ class GlobalAttention(nn.Module):
     8 heads and a bias-free qkv projection.
     """
 
-    def __init__(self, dim, num_heads=8, qkv_bias=False, qk_scale=None, side_dwconv=5,
-                 lepe_on="x"):
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False,
+                 qk_scale: Optional[float] = None, side_dwconv: int = 5,
+                 lepe_on: Optional[str] = "x"):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
@@ -180,11 +224,10 @@ class GlobalAttention(nn.Module):
                      if self.lepe_on else None)
 
     def forward(self, x):
-        B, H, W, C = x.shape
-        qkv = self.qkv(x).view(B, H, W, 3, self.num_heads, C // self.num_heads)
+        qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, -1))
         q, k, v = qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)  # (B, heads, H, W, d) views
         out = ops.window_attention_2d(q, k, v, None, scale=self.scale)
-        out = out.permute(0, 2, 3, 1, 4).reshape(B, H, W, C)
+        out = out.permute(0, 2, 3, 1, 4).flatten(3)
         if self.lepe_on == "x":
             out = out + self.lepe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         elif self.lepe_on == "v":
@@ -196,7 +239,7 @@ class GlobalAttention(nn.Module):
 class Mlp(nn.Module):
     """Linear -> (depthwise 3x3 conv) -> GELU -> Linear, NHWC."""
 
-    def __init__(self, dim, hidden, dwconv=False):
+    def __init__(self, dim: int, hidden: int, dwconv: bool = False):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden) if dwconv else None
@@ -213,8 +256,9 @@ class Mlp(nn.Module):
 class BiFormerBlock(nn.Module):
     """(conv pos-embed) -> attention -> MLP, pre- or post-norm, optional layer scale; NHWC."""
 
-    def __init__(self, dim, attn, mlp_ratio=3., mlp_dwconv=False, pos_embed_kernel=3,
-                 drop_path=0., layer_scale_init_value=-1, pre_norm=True):
+    def __init__(self, dim: int, attn: nn.Module, mlp_ratio: float = 3., mlp_dwconv: bool = False,
+                 pos_embed_kernel: int = 3, drop_path: float = 0.,
+                 layer_scale_init_value: float = -1, pre_norm: bool = True):
         super().__init__()
         self.pos_embed = (nn.Conv2d(dim, dim, pos_embed_kernel, padding=pos_embed_kernel // 2,
                                     groups=dim) if pos_embed_kernel > 0 else None)
@@ -230,7 +274,7 @@ class BiFormerBlock(nn.Module):
             self.gamma1 = self.gamma2 = None
         self.pre_norm = pre_norm
 
-    def _scaled(self, gamma, y):
+    def _scaled(self, gamma: Optional[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
         return y if gamma is None else gamma * y
 
     def forward(self, x):
@@ -244,15 +288,15 @@ class BiFormerBlock(nn.Module):
 
 
 class ConvStem(nn.Module):
-    """BiFormer-T/S/B stem: conv3x3 s2 -> BN -> GELU -> conv3x3 s2 -> BN (output ceil(H / 4))."""
+    """BiFormer-T/S/B stem: conv3x3 s2 -> norm -> GELU -> conv3x3 s2 -> norm (ceil(H / 4))."""
 
-    def __init__(self, in_chans, dim):
+    def __init__(self, in_chans: int, dim: int, norm_layer: Callable = nn.BatchNorm2d):
         super().__init__()
         self.conv1 = nn.Conv2d(in_chans, dim // 2, 3, stride=2, padding=1)
-        self.norm1 = nn.BatchNorm2d(dim // 2)
+        self.norm1 = norm_layer(dim // 2)
         self.act = nn.GELU()
         self.conv2 = nn.Conv2d(dim // 2, dim, 3, stride=2, padding=1)
-        self.norm2 = nn.BatchNorm2d(dim)
+        self.norm2 = norm_layer(dim)
 
     def forward(self, x):
         return self.norm2(self.conv2(self.act(self.norm1(self.conv1(x)))))
@@ -261,22 +305,22 @@ class ConvStem(nn.Module):
 class PatchStem(nn.Module):
     """BiFormer-STL stem: conv4x4 s4 -> norm (output floor(H / 4))."""
 
-    def __init__(self, in_chans, dim, norm_layer):
+    def __init__(self, in_chans: int, dim: int, norm_layer: Callable = nn.BatchNorm2d):
         super().__init__()
         self.conv = nn.Conv2d(in_chans, dim, 4, stride=4)
-        self.norm = _norm2d(norm_layer, dim)
+        self.norm = norm_layer(dim)
 
     def forward(self, x):
         return self.norm(self.conv(x))
 
 
 class ConvDownsample(nn.Module):
-    """conv3x3 s2 (padding 1) -> BN (T/S/B)."""
+    """conv3x3 s2 (padding 1) -> norm (T/S/B)."""
 
-    def __init__(self, dim, dim_out):
+    def __init__(self, dim: int, dim_out: int, norm_layer: Callable = nn.BatchNorm2d):
         super().__init__()
         self.conv = nn.Conv2d(dim, dim_out, 3, stride=2, padding=1)
-        self.norm = nn.BatchNorm2d(dim_out)
+        self.norm = norm_layer(dim_out)
 
     def forward(self, x):
         return self.norm(self.conv(x))
@@ -285,31 +329,20 @@ class ConvDownsample(nn.Module):
 class NormConvDownsample(nn.Module):
     """norm -> conv2x2 s2 (STL patch merging)."""
 
-    def __init__(self, dim, dim_out, norm_layer):
+    def __init__(self, dim: int, dim_out: int, norm_layer: Callable = nn.BatchNorm2d):
         super().__init__()
-        self.norm = _norm2d(norm_layer, dim)
+        self.norm = norm_layer(dim)
         self.conv = nn.Conv2d(dim, dim_out, 2, stride=2)
 
     def forward(self, x):
         return self.conv(self.norm(x))
 
 
-class BiFormerStage(nn.Module):
-    """Downsample (NCHW) then blocks (NHWC); NCHW in and out."""
-
-    def __init__(self, downsample, blocks):
-        super().__init__()
-        self.downsample = downsample
-        self.blocks = nn.Sequential(*blocks)
-        self.grad_checkpointing = False
-
-    def forward(self, x):
-        x = self.downsample(x).permute(0, 2, 3, 1)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        return x.permute(0, 3, 1, 2)
+def _per_stage(value, num_stages, name):
+    values = (value,) * num_stages if isinstance(value, (int, float)) else tuple(value)
+    if len(values) != num_stages:
+        raise ValueError(f"{name}={value!r} must have one entry per stage ({num_stages})")
+    return values
 
 
 class BiFormer(StagedBackboneMixin, nn.Module):
@@ -325,30 +358,59 @@ class BiFormer(StagedBackboneMixin, nn.Module):
         topks: per stage, ``>0`` BRA with that top-k; ``-2`` global attention with LePE on the
             attention input (official ``AttentionLePE``); ``-1`` global attention (official
             ``Attention``; with ``routing='nchw'``, ``nchwAttentionLePE``: LePE on V).
-        side_dwconv: LePE kernel size (0: none).
+        side_dwconv: LePE kernel size (0: none), one int or one per stage.
         pos_embed_kernel: conv pos-embed before every block (official ``before_attn_dwconv``;
             0: none, the STL layouts).
-        qk_scale, layer_scale_init_value, pre_norm, mlp_dwconv: as the official kwargs;
+        qk_scale: BRA logit scale (default ``qk_dim ** -0.5``; the global stages keep theirs).
+        layer_scale_init_value, pre_norm, mlp_dwconv: as the official kwargs;
         attn_proj: output projection in BRA (official ``param_attention='qkvo'``).
         stem: ``'conv'`` (two 3x3 stride-2 convs, T/S/B) or ``'patch'`` (4x4 stride 4, STL).
-        downsample: ``'conv_norm'`` (3x3 stride 2 then BN) or ``'norm_conv'`` (norm then 2x2).
-        norm_layer: ``'batchnorm'`` / ``'layernorm2d'``: STL stem, patch merging and (default)
-            pre-head norm; head_norm_layer: the pre-head norm (T/S/B: BatchNorm).
+        downsample: ``'conv_norm'`` (3x3 stride 2 then norm) or ``'norm_conv'`` (norm then 2x2).
+        norm_layer: norm of the stem, the downsampling layers and (default) the pre-head norm, a
+            callable of the channel count or a timm norm name (``'batchnorm2d'``,
+            ``'layernorm2d'``): BatchNorm2d in every release.
+        head_norm_layer: the pre-head norm, if not ``norm_layer``.
         routing: ``'legacy'`` (``ops/bra_legacy.py``) or ``'nchw'`` (``ops/bra_nchw.py``).
         drop_rate: dropout before the classifier (the official models have none: 0);
             drop_path_rate: stochastic depth, linear over all blocks.
         final_norm: pre-head norm on the last stage (official dense wrapper: none).
         feature_norms: one LayerNorm2d (eps 1e-6) per stage on the features returned by
             ``forward_intermediates`` / ``features_only`` (official ``BiFormer_mm.extra_norms``).
+        device, dtype: where and in which float type the parameters are created.
     """
 
-    def __init__(self, in_chans=3, num_classes=1000, global_pool="avg", depths=(2, 2, 8, 2),
-                 dims=(64, 128, 256, 512), qk_dims=None, head_dim=32, mlp_ratios=(3, 3, 3, 3),
-                 n_win=7, topks=(1, 4, 16, -2), side_dwconv=5, pos_embed_kernel=3, qk_scale=None,
-                 layer_scale_init_value=-1, pre_norm=True, attn_proj=True, mlp_dwconv=False,
-                 stem="conv", downsample="conv_norm", norm_layer="batchnorm",
-                 head_norm_layer=None, routing="legacy", drop_rate=0., drop_path_rate=0.,
-                 attn_drop_rate=0., final_norm=True, feature_norms=False):
+    def __init__(
+            self,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = "avg",
+            depths: Sequence[int] = (2, 2, 8, 2),
+            dims: Sequence[int] = (64, 128, 256, 512),
+            qk_dims: Optional[Sequence[Optional[int]]] = None,
+            head_dim: int = 32,
+            mlp_ratios: Sequence[float] = (3, 3, 3, 3),
+            n_win: IntOrStages = 7,
+            topks: Sequence[int] = (1, 4, 16, -2),
+            side_dwconv: IntOrStages = 5,
+            pos_embed_kernel: int = 3,
+            qk_scale: Optional[float] = None,
+            layer_scale_init_value: float = -1,
+            pre_norm: bool = True,
+            attn_proj: bool = True,
+            mlp_dwconv: bool = False,
+            stem: str = "conv",
+            downsample: str = "conv_norm",
+            norm_layer: Union[str, Callable] = nn.BatchNorm2d,
+            head_norm_layer: Optional[Union[str, Callable]] = None,
+            routing: str = "legacy",
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            attn_drop_rate: float = 0.,
+            final_norm: bool = True,
+            feature_norms: bool = False,
+            device: DeviceLike = None,
+            dtype: Optional[torch.dtype] = None,
+    ):
         super().__init__()
         if attn_drop_rate:
             raise ValueError("BiFormer: attention-probability dropout is not supported by the "
@@ -356,8 +418,9 @@ class BiFormer(StagedBackboneMixin, nn.Module):
         num_stages = len(depths)
         dims, depths = tuple(dims), tuple(depths)
         qk_dims = tuple(dims if qk_dims is None else (q or d for q, d in zip(qk_dims, dims)))
-        n_wins = (n_win,) * num_stages if isinstance(n_win, int) else tuple(n_win)
-        per_stage = dict(dims=dims, qk_dims=qk_dims, mlp_ratios=tuple(mlp_ratios), n_win=n_wins,
+        n_wins = _per_stage(n_win, num_stages, "n_win")
+        side_dwconvs = _per_stage(side_dwconv, num_stages, "side_dwconv")
+        per_stage = dict(dims=dims, qk_dims=qk_dims, mlp_ratios=tuple(mlp_ratios),
                          topks=tuple(topks))
         bad = {k: v for k, v in per_stage.items() if len(v) != num_stages}
         if bad:
@@ -368,54 +431,50 @@ class BiFormer(StagedBackboneMixin, nn.Module):
             raise ValueError(f"topks {tuple(topks)}: each must be > 0 (BRA), -1 or -2 (global "
                              "attention); the official topk=0 conv 'pseudo attention' ablation is "
                              "not supported")
+        if stem not in ("conv", "patch"):
+            raise ValueError(f"stem must be 'conv' or 'patch', got {stem!r}")
+        if downsample not in ("conv_norm", "norm_conv"):
+            raise ValueError(f"downsample must be 'conv_norm' or 'norm_conv', got {downsample!r}")
+        norm_layer = get_norm_layer(norm_layer)
+        head_norm_layer = get_norm_layer(head_norm_layer) if head_norm_layer else norm_layer
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.output_fmt = "NCHW"
         self.grad_checkpointing = False
         self.min_input_size = 4 if stem == "patch" else 1
-        if stem == "conv":
-            self.stem = ConvStem(in_chans, dims[0])
-        elif stem == "patch":
-            self.stem = PatchStem(in_chans, dims[0], norm_layer)
-        else:
-            raise ValueError(f"stem must be 'conv' or 'patch', got {stem!r}")
-        if downsample not in ("conv_norm", "norm_conv"):
-            raise ValueError(f"downsample must be 'conv_norm' or 'norm_conv', got {downsample!r}")
 
-        dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))]
-        stages, self.feature_info = [], []
-        for i in range(num_stages):
-            if i == 0:
-                down = nn.Identity()
-            elif downsample == "conv_norm":
-                down = ConvDownsample(dims[i - 1], dims[i])
-            else:
-                down = NormConvDownsample(dims[i - 1], dims[i], norm_layer)
-            blocks = []
-            for j in range(depths[i]):
-                if topks[i] > 0:
-                    attn = BiLevelRoutingAttention(
-                        dims[i], qk_dims[i] // head_dim, n_wins[i], topks[i], qk_dims[i], qk_scale,
-                        side_dwconv, attn_proj, routing)
-                else:
-                    lepe_on = "x" if topks[i] == -2 else ("v" if routing == "nchw" else None)
-                    attn = GlobalAttention(dims[i], 8, qkv_bias=False, side_dwconv=side_dwconv,
-                                           lepe_on=lepe_on)
-                blocks.append(BiFormerBlock(dims[i], attn, mlp_ratios[i], mlp_dwconv,
-                                            pos_embed_kernel, dpr[i][j], layer_scale_init_value,
-                                            pre_norm))
-            stages.append(BiFormerStage(down, blocks))
-            self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"stages.{i}"))
-        self.stages = nn.Sequential(*stages)
-        self.num_features = self.head_hidden_size = dims[-1]
-        self.feature_norms = (nn.ModuleList([LayerNorm2d(d, eps=1e-6) for d in dims])
-                              if feature_norms else None)
-        self.norm = (_norm2d(head_norm_layer or ("batchnorm" if stem == "conv" else norm_layer),
-                             dims[-1]) if final_norm else nn.Identity())
-        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool,
-                                   drop_rate=drop_rate, input_fmt="NCHW")
-        self.apply(self._init_weights)
-
+        with factory_context(device, dtype):
+            stem_cls = ConvStem if stem == "conv" else PatchStem
+            self.stem = stem_cls(in_chans, dims[0], norm_layer)
+            down_cls = ConvDownsample if downsample == "conv_norm" else NormConvDownsample
+            dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
+            stages, self.feature_info = [], []
+            for i in range(num_stages):
+                blocks = []
+                for j in range(depths[i]):
+                    if topks[i] > 0:
+                        attn = BiLevelRoutingAttention(
+                            dims[i], qk_dims[i] // head_dim, n_wins[i], topks[i], qk_dims[i],
+                            qk_scale, side_dwconvs[i], attn_proj, routing)
+                    else:
+                        lepe_on = "x" if topks[i] == -2 else ("v" if routing == "nchw" else None)
+                        attn = GlobalAttention(dims[i], 8, qkv_bias=False,
+                                               side_dwconv=side_dwconvs[i], lepe_on=lepe_on)
+                    blocks.append(BiFormerBlock(dims[i], attn, mlp_ratios[i], mlp_dwconv,
+                                                pos_embed_kernel, dpr[i][j],
+                                                layer_scale_init_value, pre_norm))
+                down = down_cls(dims[i - 1], dims[i], norm_layer) if i else None
+                stages.append(Stage(down, blocks, blocks_fmt="NHWC"))
+                self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i,
+                                              module=f"stages.{i}"))
+            self.stages = nn.Sequential(*stages)
+            self.num_features = self.head_hidden_size = dims[-1]
+            self.feature_norms = (nn.ModuleList([LayerNorm2d(d, eps=1e-6) for d in dims])
+                                  if feature_norms else None)
+            self.norm = head_norm_layer(dims[-1]) if final_norm else nn.Identity()
+            self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool,
+                                       drop_rate=drop_rate, input_fmt="NCHW")
+            self.apply(self._init_weights)
 
 
 
@@ -504,21 +563,24 @@ def checkpoint_filter_fn(state_dict, model=None):
     return out
 
 
-_NORM_NAMES = {"batchnorm2d": "batchnorm", "layernorm2d": "layernorm2d"}
+_OFFICIAL_NORMS = {"batchnorm2d": nn.BatchNorm2d, "layernorm2d": LayerNorm2d}
 
 
 def _official_norm(value, what):
-    """``torch.nn.BatchNorm2d`` / ``LayerNorm2d`` as a class or its dotted name -> our name."""
+    """The official ``norm_layer`` (``torch.nn.BatchNorm2d`` / timm ``LayerNorm2d``, as a class or
+    its dotted name) -> the norm callable."""
     name = value if isinstance(value, str) else getattr(value, "__name__", repr(value))
     key = name.split(".")[-1].lower()
-    if key not in _NORM_NAMES:
+    if key not in _OFFICIAL_NORMS:
         raise ValueError(f"official {what}={value!r} is not supported; expected "
                          "torch.nn.BatchNorm2d or timm LayerNorm2d")
-    return _NORM_NAMES[key]
+    return _OFFICIAL_NORMS[key]
 
 
 _BIFORMER_CLASSES = ("BiFormer", "BiFormer_mm")
 _STL_CLASSES = ("BiFormerSTL", "nchwBiFormerSTL")
+# The official nchwAttentionLePE is built without side_dwconv: its LePE is always 5x5.
+_NCHW_GLOBAL_LEPE = 5
 
 
 def create_from_official(kwargs, official_class=None):
@@ -530,6 +592,13 @@ def create_from_official(kwargs, official_class=None):
     norm, per-stage output LayerNorm2d); the class name alone also works. Options no release uses
     and the fused op cannot express (soft / differentiable routing, K/V downsampling, the topk=0
     ablation, positional-encoding layers) are refused with a ValueError.
+
+    What each class does with its arguments (and this function therefore does): the global
+    attention stages hard-code 8 heads, no qkv bias and the ``head_dim ** -0.5`` scale (qk_scale
+    reaches the BRA layers only); both STL classes never pass ``qk_scale`` to their blocks (it is
+    ignored); nchwBiFormerSTL's global stages keep a 5x5 LePE whatever ``side_dwconv``;
+    ``drop_rate`` is never used; ``auto_pad`` only lifts the divisibility assert (this model
+    always pads).
     """
     cls_name = (official_class or "BiFormer").split(":")[-1]
     if cls_name not in _BIFORMER_CLASSES + _STL_CLASSES:
@@ -539,21 +608,24 @@ def create_from_official(kwargs, official_class=None):
                          "object_detection/models_mm/biformer_mm.py:BiFormer_mm")
     kw = dict(kwargs)
     common = dict(in_chans=kw.get("in_chans", 3), num_classes=kw.get("num_classes", 1000),
-                  qk_scale=kw.get("qk_scale"), drop_path_rate=kw.get("drop_path_rate", 0.))
+                  drop_path_rate=kw.get("drop_path_rate", 0.))
     if cls_name in _STL_CLASSES:
         nchw = cls_name == "nchwBiFormerSTL"
         depths = tuple(kw.get("depth", (2, 2, 6, 2)))
         topks = tuple(kw.get("topks", (1, 4, 16, -2)))
         if nchw and any(t <= 0 and t != -1 for t in topks):
             raise ValueError(f"nchwBiFormerSTL takes topks > 0 or -1 only, got {topks}")
-        norm_layer = _official_norm(kw.get("norm_layer", "LayerNorm2d"), "norm_layer")
+        side_dwconv = kw.get("side_dwconv", 5)
+        if nchw:
+            side_dwconv = tuple(_NCHW_GLOBAL_LEPE if t == -1 else side_dwconv for t in topks)
+        n_wins = kw.get("n_wins", (7,) * 4)
         head_norm = kw.get("pre_head_norm_layer")
         args = dict(
             common, depths=depths, dims=tuple(kw.get("embed_dim", (96, 192, 384, 768))),
             head_dim=kw.get("head_dim", 32), mlp_ratios=tuple(kw.get("mlp_ratios", (4,) * 4)),
-            n_win=tuple(kw.get("n_wins", (7,) * 4)), topks=topks,
-            side_dwconv=kw.get("side_dwconv", 5), pos_embed_kernel=0, stem="patch",
-            downsample="norm_conv", norm_layer=norm_layer,
+            n_win=n_wins if isinstance(n_wins, int) else tuple(n_wins), topks=topks,
+            side_dwconv=side_dwconv, pos_embed_kernel=0, stem="patch", downsample="norm_conv",
+            norm_layer=_official_norm(kw.get("norm_layer", "LayerNorm2d"), "norm_layer"),
             head_norm_layer=_official_norm(head_norm, "pre_head_norm_layer") if head_norm else None,
             routing="nchw" if nchw else "legacy")
         model = BiFormer(**args)
@@ -577,7 +649,7 @@ def create_from_official(kwargs, official_class=None):
         if qk_dims is None or any(q is None for q in qk_dims):
             raise ValueError("official BiFormer kwargs need qk_dims (every released config sets "
                              "them; the official default [None]*4 crashes)")
-        pos_kernel = kw.get("before_attn_dwconv", 3)
+        pos_kernel = max(0, kw.get("before_attn_dwconv", 3))
         if pos_kernel not in (0, 3):
             raise ValueError(f"before_attn_dwconv={pos_kernel}: the official block hard-codes "
                              "padding 1, so only 3 (or 0: none) keeps the map size")
@@ -589,39 +661,17 @@ def create_from_official(kwargs, official_class=None):
             dims=tuple(kw.get("embed_dim", (64, 128, 320, 512))), qk_dims=tuple(qk_dims),
             head_dim=kw.get("head_dim", 64), mlp_ratios=tuple(kw.get("mlp_ratios", (4,) * 4)),
             n_win=kw.get("n_win", 7), topks=topks, side_dwconv=kw.get("side_dwconv", 5),
-            pos_embed_kernel=pos_kernel,
+            pos_embed_kernel=pos_kernel, qk_scale=kw.get("qk_scale"),
             layer_scale_init_value=kw.get("layer_scale_init_value", -1),
             pre_norm=kw.get("pre_norm", True), attn_proj=param_attention == "qkvo",
-            mlp_dwconv=kw.get("mlp_dwconv", False), stem="conv", downsample="conv_norm")
+            mlp_dwconv=kw.get("mlp_dwconv", False), stem="conv", downsample="conv_norm",
+            norm_layer=nn.BatchNorm2d)
         if cls_name == "BiFormer_mm":
             args.update(num_classes=0, final_norm=False, feature_norms=True)
         model = BiFormer(**args)
     if kw.get("use_checkpoint_stages"):
         model.set_grad_checkpointing(True)
     return model
-
-
-def golden_outputs(model, x, config, inputs=None):
-    """Logits, raw stage features and every BRA layer's routing indices, named as the fixtures
-    name them (``routing_idx.<official module path>``)."""
-    stl = config.get("official_class", "").split(":")[-1] in _STL_CLASSES
-    bra = {}
-    for name, module in model.named_modules():
-        if isinstance(module, BiLevelRoutingAttention):
-            module.record_routing = True
-            s, b = re.match(r"^stages\.(\d+)\.blocks\.(\d+)\.attn$", name).groups()
-            bra[f"routing_idx.stages.{s}.{'blocks.' if stl else ''}{b}"] = module
-    try:
-        # One pass: forward_intermediates' final output is forward_features' (conformance suite),
-        # and the Triton path under the interpreter is slow enough to count passes.
-        final, feats = model.forward_intermediates(x)
-        outputs = {"logits": model.forward_head(final)}
-        outputs.update({name: m.routing_index for name, m in bra.items()})
-        outputs.update({f"features.{i}": f for i, f in enumerate(feats)})
-    finally:
-        for m in bra.values():
-            m.record_routing, m.routing_index = False, None
-    return outputs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -660,36 +710,51 @@ default_cfgs = generate_default_cfgs({
                                        first_conv="stem.conv"),
 })
 
-
 # Official README ImageNet-1k top-1, params (M) and FLOPs (G, fvcore multiply-adds) at 224.
-PAPER_RESULTS = {
-    "biformer_tiny_224": dict(top1=81.4, params_m=13.1, gflops=2.2),
-    "biformer_small_224": dict(top1=83.8, params_m=25.5, gflops=4.5),
-    "biformer_base_224": dict(top1=84.3, params_m=56.8, gflops=9.8),
-    "biformer_stl_224": dict(top1=82.7, params_m=28.4, gflops=4.6),
-    "biformer_stl_nchw_224": dict(top1=82.7, params_m=28.4, gflops=4.6),
-}
-
-
 # What turns the classifier into the official dense backbone (BiFormer_mm): per-stage output
 # norms (``extra_norms.i``) and the dense configs' region grid (COCO n_win 16, ADE20K n_win 8);
 # used by backbones.dense.DenseBackbone(task=...).
-DENSE_BACKBONE_KWARGS = {
-    "detection": dict(feature_norms=True, n_win=16),
-    "segmentation": dict(feature_norms=True, n_win=8),
-}
-
-
 # The authors' constructor of each variant (file:function in OFFICIAL_REPO), for side-by-side
 # timing and output checks against a local clone (tools/benchmark.py --official).
-OFFICIAL_REPO = "rayleizhu/BiFormer"
-OFFICIAL_ENTRYPOINTS = {
-    "biformer_tiny_224": "models/biformer.py:biformer_tiny",
-    "biformer_small_224": "models/biformer.py:biformer_small",
-    "biformer_base_224": "models/biformer.py:biformer_base",
-    "biformer_stl_224": "models/biformer_stl.py:biformer_stl",
-    "biformer_stl_nchw_224": "models/biformer_stl_nchw.py:biformer_stl_nchw",
-}
+FAMILY = register_family(Family(
+    name="biformer",
+    model_cls=BiFormer,
+    checkpoint_filter_fn=checkpoint_filter_fn,
+    create_from_official=create_from_official,
+    official_repo="rayleizhu/BiFormer",
+    official_classes=("models/biformer.py:BiFormer", "models/biformer_stl.py:BiFormerSTL",
+                      "models/biformer_stl_nchw.py:nchwBiFormerSTL",
+                      "object_detection/models_mm/biformer_mm.py:BiFormer_mm"),
+    # exact parameter counts of the official implementation (1000-class heads)
+    param_counts={
+        "biformer_base_224": 56_804_968,
+        "biformer_small_224": 25_536_232,
+        "biformer_stl_224": 28_372_552,
+        "biformer_stl_nchw_224": 28_372_552,
+        "biformer_tiny_224": 13_142_760,
+    },
+    official_entrypoints={
+        "biformer_tiny_224": "models/biformer.py:biformer_tiny",
+        "biformer_small_224": "models/biformer.py:biformer_small",
+        "biformer_base_224": "models/biformer.py:biformer_base",
+        "biformer_stl_224": "models/biformer_stl.py:biformer_stl",
+        "biformer_stl_nchw_224": "models/biformer_stl_nchw.py:biformer_stl_nchw",
+    },
+    paper_results={
+        "biformer_tiny_224": PaperResult(top1=81.4, params_m=13.1, gflops=2.2),
+        "biformer_small_224": PaperResult(top1=83.8, params_m=25.5, gflops=4.5),
+        "biformer_base_224": PaperResult(top1=84.3, params_m=56.8, gflops=9.8),
+        "biformer_stl_224": PaperResult(top1=82.7, params_m=28.4, gflops=4.6),
+        "biformer_stl_nchw_224": PaperResult(top1=82.7, params_m=28.4, gflops=4.6),
+    },
+    dense_backbone_kwargs={
+        "detection": dict(feature_norms=True, n_win=16),
+        "segmentation": dict(feature_norms=True, n_win=8),
+    },
+    torchscript=("the attention runs through ops.routed_attention_2d / ops.window_attention_2d, "
+                 "which pick the Triton or reference path in Python and take keyword-only "
+                 "arguments: TorchScript compiles neither; torch.export is the supported path"),
+))
 
 
 def _create_biformer(variant, pretrained=False, **kwargs):
@@ -701,7 +766,7 @@ _TSB = dict(n_win=7, topks=(1, 4, 16, -2), mlp_ratios=(3, 3, 3, 3), head_dim=32,
             pos_embed_kernel=3)
 _STL = dict(depths=(2, 2, 6, 2), dims=(96, 192, 384, 768), mlp_ratios=(4, 4, 4, 4), head_dim=32,
             n_win=7, side_dwconv=5, pos_embed_kernel=0, stem="patch", downsample="norm_conv",
-            norm_layer="batchnorm")
+            norm_layer=nn.BatchNorm2d)
 
 
 @register_zoo_model

@@ -13,23 +13,23 @@ import torch
 import torch.nn.functional as F
 import timm
 from timm.data import resolve_data_config
+from timm.layers import LayerNorm2d
 
 import ops
 from backbones import biformer
 from conftest import GOLDEN
-from golden import build_from_fixture, load_fixture
+from golden import build_from_fixture, load_fixture, model_outputs, run_with_captures
 
 # Exact counts of the official entrypoints (ImageNet-1k heads): ../shared/specs/biformer.md 2.1.
-OFFICIAL_PARAMS = {
-    "biformer_tiny_224": 13_142_760,
-    "biformer_small_224": 25_536_232,
-    "biformer_base_224": 56_804_968,
-    "biformer_stl_224": 28_372_552,
-    "biformer_stl_nchw_224": 28_372_552,
-}
+OFFICIAL_PARAMS = dict(biformer.FAMILY.param_counts)
 
 SMALL = dict(depths=(1, 1, 1, 1), dims=(16, 32, 48, 64), head_dim=8)
 FIXTURES = {"biformer": "legacy T/S/B", "biformer/stl": "legacy STL", "biformer/stl_nchw": "nchw"}
+# Fixtures of non-default official constructor arguments (tests/golden/make/biformer.py): each
+# config.json holds the official model's parameter count.
+NONDEFAULT_FIXTURES = ("biformer/tsb_nondefault", "biformer/tsb_postnorm",
+                       "biformer/stl_nondefault", "biformer/stl_nchw_sidedw3",
+                       "biformer/mm_autopad")
 
 
 def _small(name="biformer_tiny_224", **kwargs):
@@ -43,12 +43,45 @@ def test_param_count_is_official(name):
     assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS[name]
 
 
+@pytest.mark.parametrize("fixture", NONDEFAULT_FIXTURES)
+def test_nondefault_config_param_count_is_official(fixture):
+    config, official, _ = load_fixture(GOLDEN, fixture)
+    model = biformer.create_from_official(config["kwargs"], config["official_class"])
+    assert sum(p.numel() for p in model.parameters()) == config["official_param_count"]
+
+
+def test_official_arguments_the_official_classes_ignore_or_hard_code():
+    """Both STL classes never pass qk_scale to their blocks; nchwBiFormerSTL's global stage keeps
+    a 5x5 LePE whatever side_dwconv (its block builds nchwAttentionLePE(dim))."""
+    stl = dict(depth=[1, 1, 1, 1], embed_dim=[16, 32, 48, 64], head_dim=8, topks=[1, 2, 2, -1],
+               side_dwconv=3, qk_scale=0.25)
+    legacy = biformer.create_from_official(stl, "models/biformer_stl.py:BiFormerSTL")
+    assert legacy.stages[1].blocks[0].attn.scale == 32 ** -0.5
+    nchw = biformer.create_from_official(stl, "models/biformer_stl_nchw.py:nchwBiFormerSTL")
+    assert nchw.stages[2].blocks[0].attn.lepe.kernel_size == (3, 3)
+    assert nchw.stages[3].blocks[0].attn.lepe.kernel_size == (5, 5)
+    assert isinstance(nchw.stem.norm, LayerNorm2d)  # the class default norm_layer
+    tsb = biformer.create_from_official(dict(
+        depth=[1, 1, 1, 1], embed_dim=[16, 32, 48, 64], qk_dims=[16, 32, 48, 64], head_dim=8,
+        topks=[1, 4, 16, -2], kv_downsample_mode="identity", qk_scale=0.25))
+    assert tsb.stages[0].blocks[0].attn.scale == tsb.stages[0].blocks[0].attn.router.scale == 0.25
+    assert tsb.stages[3].blocks[0].attn.scale == 8 ** -0.5  # global attention: its own scale
+
+
+def test_norm_layer_takes_callables_and_timm_names():
+    model = _small("biformer_stl_224", norm_layer="layernorm2d",
+                   head_norm_layer=torch.nn.BatchNorm2d)
+    assert isinstance(model.stem.norm, LayerNorm2d) and isinstance(model.norm, torch.nn.BatchNorm2d)
+    assert isinstance(model.stages[1].downsample.norm, LayerNorm2d)
+    assert isinstance(_small("biformer_stl_224").stages[2].downsample.norm, torch.nn.BatchNorm2d)
+
+
 # --------------------------------------------------------------------------------- checkpoints
 
 @pytest.mark.parametrize("fixture", sorted(FIXTURES))
 def test_filter_takes_every_wrapping_and_passes_zoo_layout_through(fixture):
     config, official, _ = load_fixture(GOLDEN, fixture)
-    model = build_from_fixture(biformer, config, official)
+    model = build_from_fixture(biformer.FAMILY, config, official)
     direct = biformer.checkpoint_filter_fn(official, model)
     assert direct.keys() == model.state_dict().keys()
     assert not any(k.startswith("downsample_layers") or ".wo." in k or "qkv_linear" in k
@@ -271,21 +304,22 @@ def test_legacy_and_nchw_padding_differ_off_grid_and_agree_on_it():
 
 # --------------------------------------------------------------------------------- routing
 
-@pytest.mark.parametrize("fixture", sorted(FIXTURES))
+@pytest.mark.parametrize("fixture", sorted(FIXTURES) + list(NONDEFAULT_FIXTURES))
 def test_routing_indices_match_fixture_as_sets(fixture):
+    """The routers' outputs, read by the forward hooks of tests/golden_captures.py."""
     config, official, io = load_fixture(GOLDEN, fixture)
-    model = build_from_fixture(biformer, config, official)
-    with torch.no_grad():
-        outputs = biformer.golden_outputs(model, io["input"], config)
+    model = build_from_fixture(biformer.FAMILY, config, official)
     names = sorted(k for k in io if k.startswith("routing_idx."))
+    with torch.no_grad():
+        outputs = run_with_captures("biformer", model, config,
+                                    lambda: model_outputs(model, {"input": io["input"]}, list(io)))
     assert names and names == sorted(k for k in outputs if k.startswith("routing_idx."))
     for name in names:
         got, want = outputs[name], io[name]
         assert got.shape == want.shape
         assert torch.equal(got.sort(-1).values, want.sort(-1).values), name
-    for m in model.modules():  # recording is switched off again
-        if isinstance(m, biformer.BiLevelRoutingAttention):
-            assert not m.record_routing and m.routing_index is None
+    hooked = [m for m in model.modules() if isinstance(m, biformer.RegionRouter)]
+    assert len(hooked) == len(names) and not any(m._forward_hooks for m in hooked)
 
 
 def test_routing_is_not_differentiated_and_every_param_gets_a_gradient():
