@@ -26,15 +26,15 @@ of ``s`` *before* the projections (padded tokens carry the projection biases and
 average pooling divides by ``s * s``) and crops both branches back, DTM floors odd sizes. At sizes
 the official classifier accepts this is the identical computation.
 """
-import os
 import re
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath
-from timm.models import checkpoint_seq, generate_default_cfgs
+from timm.layers import ClassifierHead, DropPath, get_norm_layer
+from timm.models import generate_default_cfgs
 from timm.models._pretrained import PretrainedCfg
 from torchvision.ops import deform_conv2d
 
@@ -42,11 +42,13 @@ import ops
 
 from ._builder import build_zoo_model
 from ._helpers import unwrap_checkpoint
-from .layers import StagedBackboneMixin
+from ._family import Family, PaperResult, register_family
 from ._registry import register_zoo_model
+from .layers import (DeviceLike, Stage, StagedBackboneMixin, calculate_drop_path_rates,
+                     factory_context, notrace_function)
 
 __all__ = ["LITv2", "HiLoAttention", "DeformableTokenMerging", "checkpoint_filter_fn",
-           "create_from_official", "golden_outputs", "hilo_head_split"]
+           "create_from_official", "hilo_head_split"]
 
 
 def hilo_head_split(num_heads, alpha, window_size):
@@ -57,6 +59,19 @@ def hilo_head_split(num_heads, alpha, window_size):
         return num_heads, 0
     lofi = int(num_heads * alpha)
     return lofi, num_heads - lofi
+
+
+@notrace_function
+def pad_bottom_right(x: torch.Tensor, multiple: int, channels_last: bool) -> torch.Tensor:
+    """Zero-pad the bottom / right of a map (NHWC when ``channels_last``, else NCHW) to a multiple
+    of ``multiple``. Its own FX leaf: whether to pad depends on the traced input's shape."""
+    h, w = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
+    pad_b, pad_r = (-h) % multiple, (-w) % multiple
+    if pad_b == 0 and pad_r == 0:
+        return x
+    if channels_last:
+        return F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+    return F.pad(x, (0, pad_r, 0, pad_b))
 
 
 class HiLoAttention(nn.Module):
@@ -115,18 +130,17 @@ class HiLoAttention(nn.Module):
             out = ops.window_attention_2d(q, k, v, None, scale=self.scale)
             return out.permute(0, 2, 3, 1, 4).reshape(B, H, W, self.lofi_dim)
         # Pool the normed map (zero padding included, fixed divisor s*s), then project k, v.
-        pooled = F.avg_pool2d(x.permute(0, 3, 1, 2), s, s).permute(0, 2, 3, 1)
-        k, v = self.l_kv(pooled).view(B, -1, 2, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+        # flatten() rather than view(B, -1, ...): -1 is ambiguous for an empty batch
+        pooled = F.avg_pool2d(x.permute(0, 3, 1, 2), s, s).flatten(2).transpose(1, 2)
+        k, v = self.l_kv(pooled).unflatten(-1, (2, heads, d)).permute(2, 0, 3, 1, 4).unbind(0)
         q = self.l_q(x[:, :H, :W]).view(B, H * W, heads, d).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         return out.transpose(1, 2).reshape(B, H, W, self.lofi_dim)
 
     def forward(self, x):
-        B, H, W, C = x.shape
-        s = self.window_size
-        pad_b, pad_r = (-H) % s, (-W) % s
-        if pad_b or pad_r:  # pad the normed input before the projections (official dense code)
-            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+        _, H, W, _ = x.shape
+        # pad the normed input before the projections (official dense code)
+        x = pad_bottom_right(x, self.window_size, True)
         outs = []
         if self.hifi_heads:
             outs.append(self.h_proj(self.hifi(x)[:, :H, :W]))
@@ -179,6 +193,20 @@ class LITBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+@notrace_function
+def deform_conv2d_float32(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
+                          bias: torch.Tensor, stride: Tuple[int, int],
+                          padding: Tuple[int, int]) -> torch.Tensor:
+    """``deform_conv2d`` computed in at least float32, returned in ``x``'s dtype. The official DCN
+    runs in float32 under mixed precision (apex ``float_function`` / ``custom_fwd(cast_inputs=
+    float32)``), and torchvision's CPU kernel has no bfloat16. An FX leaf: it branches on dtype."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        out = deform_conv2d(x.float(), offset.float(), weight.float(), bias.float(), stride=stride,
+                            padding=padding)
+        return out.to(x.dtype)
+    return deform_conv2d(x, offset, weight, bias, stride=stride, padding=padding)
+
+
 class DeformConv2dPack(nn.Module):
     """DCNv1 convolution with its own offset conv (the official ``DeformConv2dPack``'s weights and
     numerics), through ``torchvision.ops.deform_conv2d``: no compiled extension, any batch size.
@@ -190,7 +218,8 @@ class DeformConv2dPack(nn.Module):
 
     def __init__(self, in_chs, out_chs, kernel_size=2, stride=2, padding=0):
         super().__init__()
-        self.stride, self.padding = stride, padding
+        # tuples: torchvision's deform_conv2d schema (TorchScript) takes no bare ints
+        self.stride, self.padding = (stride, stride), (padding, padding)
         self.weight = nn.Parameter(torch.empty(out_chs, in_chs, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(out_chs))
         self.conv_offset = nn.Conv2d(in_chs, 2 * kernel_size * kernel_size, kernel_size, stride,
@@ -204,8 +233,7 @@ class DeformConv2dPack(nn.Module):
 
     def forward(self, x):
         offset = self.conv_offset(x)
-        return deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride,
-                             padding=self.padding)
+        return deform_conv2d_float32(x, offset, self.weight, self.bias, self.stride, self.padding)
 
 
 class DeformableTokenMerging(nn.Module):
@@ -235,25 +263,8 @@ class PatchEmbed(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x):
-        p = self.patch_size
-        pad_b, pad_r = (-x.shape[2]) % p, (-x.shape[3]) % p
-        if pad_b or pad_r:
-            x = F.pad(x, (0, pad_r, 0, pad_b))
+        x = pad_bottom_right(x, self.patch_size, False)
         return self.drop(self.norm(self.proj(x).permute(0, 2, 3, 1)))
-
-
-class LITv2Stage(nn.Module):
-    def __init__(self, downsample, blocks):
-        super().__init__()
-        self.downsample = downsample
-        self.blocks = nn.Sequential(*blocks)
-        self.grad_checkpointing = False
-
-    def forward(self, x):
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
 
 
 FEATURE_NORM_STYLES = ("detection", "segmentation")
@@ -285,29 +296,60 @@ class LITv2(StagedBackboneMixin, nn.Module):
         in_chans, num_classes, global_pool: as in timm (``global_pool`` ``'avg'`` or ``''``).
         patch_size: stem patch (4 in every release).
         embed_dim: stage-0 width; stage ``i`` has ``embed_dim * 2**i`` channels.
-        depths: blocks per stage; num_heads: heads per stage (ConvFFN-only stages ignore them).
+        depths: blocks per stage (any number of stages); num_heads: heads per stage
+            (ConvFFN-only stages ignore them).
         window_sizes: per stage, ``0`` for a ConvFFN-only stage (no attention; the official
             ``has_msa=0``), else HiLo's ``s`` (the official ``local_ws``; 1 = global attention).
         alpha: Lo-Fi share of the heads, ``int(num_heads * alpha)`` Lo-Fi heads per HiLo block.
-        mlp_ratio, qkv_bias, qk_scale: as in the official code.
+        mlp_ratio, qkv_bias, qk_scale: as in the official code (ConvFFN hidden width
+            ``int(dim * mlp_ratio)``; ``qk_scale`` None or 0: ``head_dim ** -0.5``).
         drop_rate: dropout before the classifier (the official model has none);
-            proj_drop_rate: dropout inside the ConvFFNs; pos_drop_rate: dropout after the patch
-            embedding (both are the official ``drop_rate``, 0 in every release);
+            proj_drop_rate: dropout inside the ConvFFNs (the official ``drop_rate``, 0 in every
+            release); pos_drop_rate: dropout after the patch embedding (the official classifier
+            builds one from ``drop_rate`` but never calls it);
             drop_path_rate: stochastic depth, linear over all blocks (ConvFFN-only ones included).
-        patch_norm: LayerNorm after the patch conv (official default True).
-        final_norm: LayerNorm on the last stage's output (the classifier has it; the dense
-            backbones do not).
-        feature_norms: LayerNorms on the features of ``forward_intermediates`` /
-            ``features_only``: None (raw stage outputs, default), ``'detection'`` (stages 1-3, the
-            official mmdet backbone's ``norm1..norm3``), ``'segmentation'`` or True (all four, the
-            mmseg backbone's ``norm0..norm3``) or a sequence of stage indices.
+        norm_layer: the token norm (patch embedding, blocks, final and feature norms); a callable
+            ``norm_layer(dim)`` or a timm norm name. Default ``nn.LayerNorm`` (eps 1e-5), as
+            officially. The DTM's BatchNorm is fixed.
+        patch_norm: norm after the patch conv (official default True).
+        final_norm: norm on the last stage's output (the classifier has it; the dense backbones
+            do not).
+        feature_norms: norms on the features of ``forward_intermediates`` / ``features_only``:
+            None or False (raw stage outputs, default); True (one norm per stage, every stage: the
+            meaning ``feature_norms=True`` has in every zoo family); ``'segmentation'`` (every
+            stage too: the official mmseg backbone's ``norm0..norm3``); ``'detection'`` (every
+            stage but the first: the official mmdet backbone's ``norm1..norm3``); or a sequence
+            of stage indices.
+        device, dtype: where and in which float precision to create parameters and buffers
+            (``device="meta"`` allocates nothing).
     """
 
-    def __init__(self, in_chans=3, num_classes=1000, global_pool="avg", patch_size=4,
-                 embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
-                 window_sizes=(0, 0, 2, 1), alpha=0.9, mlp_ratio=4., qkv_bias=True, qk_scale=None,
-                 drop_rate=0., proj_drop_rate=0., pos_drop_rate=0., attn_drop_rate=0.,
-                 drop_path_rate=0., patch_norm=True, final_norm=True, feature_norms=None):
+    def __init__(
+            self,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = "avg",
+            patch_size: int = 4,
+            embed_dim: int = 96,
+            depths: Sequence[int] = (2, 2, 6, 2),
+            num_heads: Sequence[int] = (3, 6, 12, 24),
+            window_sizes: Sequence[int] = (0, 0, 2, 1),
+            alpha: float = 0.9,
+            mlp_ratio: float = 4.,
+            qkv_bias: bool = True,
+            qk_scale: Optional[float] = None,
+            drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            pos_drop_rate: float = 0.,
+            attn_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            norm_layer: Union[str, Callable] = nn.LayerNorm,
+            patch_norm: bool = True,
+            final_norm: bool = True,
+            feature_norms: Union[None, bool, str, Sequence[int]] = None,
+            device: DeviceLike = None,
+            dtype: Optional[torch.dtype] = None,
+    ):
         super().__init__()
         if attn_drop_rate:
             raise ValueError("LITv2: attention-probability dropout is not supported (the official "
@@ -321,37 +363,38 @@ class LITv2(StagedBackboneMixin, nn.Module):
             raise ValueError(f"window_sizes {tuple(window_sizes)}: each must be 0 (ConvFFN-only "
                              "stage) or a positive HiLo window size")
         dims = tuple(embed_dim * 2 ** i for i in range(num_stages))
-        norm_layer = nn.LayerNorm  # eps 1e-5, as the official code
+        norm_layer = get_norm_layer(norm_layer)
+        normed = _feature_norm_stages(feature_norms, num_stages)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.output_fmt = "NHWC"
         self.grad_checkpointing = False
         # The smallest image whose last stage still has one token: ceil(H / p) >= 2**(n - 1).
         self.min_input_size = patch_size * (2 ** (num_stages - 1) - 1) + 1
+        # outside the factory context: a bfloat16 default dtype would round the rates
+        dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
 
-        self.stem = PatchEmbed(in_chans, dims[0], patch_size, norm_layer if patch_norm else None,
-                               pos_drop_rate)
-        dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))]
-        stages, self.feature_info = [], []
-        for i in range(num_stages):
-            down = DeformableTokenMerging(dims[i - 1], dims[i]) if i > 0 else nn.Identity()
-            blocks = [LITBlock(dims[i], num_heads[i], int(window_sizes[i]), alpha, mlp_ratio,
-                               qkv_bias, qk_scale, proj_drop_rate, dpr[i][j], norm_layer)
-                      for j in range(depths[i])]
-            stages.append(LITv2Stage(down, blocks))
-            self.feature_info.append(dict(num_chs=dims[i], reduction=patch_size * 2 ** i,
-                                          module=f"stages.{i}"))
-        self.stages = nn.Sequential(*stages)
-        self.num_features = self.head_hidden_size = dims[-1]
-        normed = _feature_norm_stages(feature_norms, num_stages)
-        self.feature_norms = nn.ModuleList([
-            norm_layer(d) if i in normed else nn.Identity() for i, d in enumerate(dims)
-        ]) if normed else None
-        self.norm = norm_layer(self.num_features) if final_norm else nn.Identity()
-        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool,
-                                   drop_rate=drop_rate, input_fmt=self.output_fmt)
-        self.apply(self._init_weights)
-
+        with factory_context(device, dtype):
+            self.stem = PatchEmbed(in_chans, dims[0], patch_size,
+                                   norm_layer if patch_norm else None, pos_drop_rate)
+            stages, self.feature_info = [], []
+            for i in range(num_stages):
+                down = DeformableTokenMerging(dims[i - 1], dims[i]) if i > 0 else None
+                blocks = [LITBlock(dims[i], num_heads[i], int(window_sizes[i]), alpha, mlp_ratio,
+                                   qkv_bias, qk_scale, proj_drop_rate, dpr[i][j], norm_layer)
+                          for j in range(depths[i])]
+                stages.append(Stage(down, blocks))
+                self.feature_info.append(dict(num_chs=dims[i], reduction=patch_size * 2 ** i,
+                                              module=f"stages.{i}"))
+            self.stages = nn.Sequential(*stages)
+            self.num_features = self.head_hidden_size = dims[-1]
+            self.feature_norms = nn.ModuleList([
+                norm_layer(d) if i in normed else nn.Identity() for i, d in enumerate(dims)
+            ]) if normed else None
+            self.norm = norm_layer(self.num_features) if final_norm else nn.Identity()
+            self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool,
+                                       drop_rate=drop_rate, input_fmt=self.output_fmt)
+            self.apply(self._init_weights)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -454,12 +497,11 @@ def create_from_official(kwargs, official_class=None):
     """
     kind = _official_kind(official_class)
     kw = dict(kwargs)
-    norm_layer = kw.get("norm_layer")
-    if norm_layer is not None:
-        name = norm_layer if isinstance(norm_layer, str) else getattr(norm_layer, "__name__", "")
-        if name.split(".")[-1] != "LayerNorm":
-            raise ValueError(f"official norm_layer={norm_layer!r} is not supported; every release "
-                             "uses torch.nn.LayerNorm")
+    norm_layer = kw.get("norm_layer", nn.LayerNorm)
+    if not callable(norm_layer):
+        # the official classes call norm_layer(dim): a name would crash there
+        raise ValueError(f"official norm_layer={norm_layer!r} must be a callable such as "
+                         "torch.nn.LayerNorm (every release uses it)")
     depths = tuple(kw.get("depths", (2, 2, 6, 2)))
     num_heads = tuple(kw.get("num_heads", (3, 6, 12, 24)))
     has_msa = tuple(kw.get("has_msa", (0, 0, 1, 1)))
@@ -476,39 +518,28 @@ def create_from_official(kwargs, official_class=None):
         raise ValueError(f"stages {bad} have attention (has_msa=1) but local_ws < 1; the official "
                          "HiLo cannot be built there")
     window_sizes = tuple(int(s) if m == 1 else 0 for m, s in zip(has_msa, local_ws))
-    drop = kw.get("drop_rate", 0.)
     args = dict(
         in_chans=kw.get("in_chans", 3), patch_size=kw.get("patch_size", 4),
         embed_dim=kw.get("embed_dim", 96), depths=depths, num_heads=num_heads,
         window_sizes=window_sizes, alpha=kw.get("alpha", 0.5), mlp_ratio=kw.get("mlp_ratio", 4.),
         qkv_bias=kw.get("qkv_bias", True), qk_scale=kw.get("qk_scale"),
-        proj_drop_rate=drop, pos_drop_rate=drop,
+        # drop_rate reaches only the ConvFFNs: the classifier builds a pos_drop it never calls
+        proj_drop_rate=kw.get("drop_rate", 0.), pos_drop_rate=0.,
         drop_path_rate=kw.get("drop_path_rate", 0.1 if kind == "classification" else 0.2),
-        patch_norm=kw.get("patch_norm", True))
+        norm_layer=norm_layer, patch_norm=kw.get("patch_norm", True))
     if kind == "classification":
         args["num_classes"] = kw.get("num_classes", 1000)
     else:
-        out_indices = tuple(int(i) for i in kw.get("out_indices", range(len(depths))))
-        normed = [i for i in out_indices if kind == "segmentation" or i != 0]
+        # the official forward matches stage numbers against out_indices: negative ones select
+        # nothing
+        out_indices = [int(i) for i in kw.get("out_indices", range(len(depths)))]
+        normed = sorted({i for i in out_indices if 0 <= i < len(depths)
+                         and (kind == "segmentation" or i != 0)})
         args.update(num_classes=0, final_norm=False, feature_norms=normed or None)
     model = LITv2(**args)
     if kw.get("use_checkpoint"):
         model.set_grad_checkpointing(True)
     return model
-
-
-def golden_outputs(model, x, config, inputs=None):
-    """Logits and raw stage features of ``x`` (one ``forward_intermediates`` pass); for fixtures
-    that also store the official detection backbone's outputs of ``det_input`` (a
-    non-multiple-of-32 input through the padding and flooring paths), the same model's raw stage
-    features of it as ``det_features.i``. ``inputs``: every input tensor the fixture stores."""
-    final, feats = model.forward_intermediates(x)
-    outputs = {"logits": model.forward_head(final)}
-    outputs.update({f"features.{i}": f for i, f in enumerate(feats)})
-    if inputs and "det_input" in inputs:
-        det = model.forward_intermediates(inputs["det_input"], intermediates_only=True)
-        outputs.update({f"det_features.{i}": f for i, f in enumerate(det)})
-    return outputs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -573,23 +604,6 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-# Official README ImageNet-1k top-1, params (M) and FLOPs (G, the model's own flops(): multiply-adds).
-PAPER_RESULTS = {
-    "litv2_small_224": dict(top1=82.0, params_m=28, gflops=3.7),
-    "litv2_medium_224": dict(top1=83.3, params_m=49, gflops=7.5),
-    "litv2_base_224": dict(top1=83.6, params_m=87, gflops=13.2),
-    "litv2_base_384": dict(top1=84.7, params_m=87, gflops=39.7),
-}
-
-
-# The official code has no per-variant constructor: only the `LITv2` class
-# (classification/models/litv2.py), configured by classification/configs/litv2-*.yaml through
-# build.py, and its required `local_ws` defaults to None (crashes). tools/benchmark.py --official
-# calls an entrypoint without arguments, so there is nothing to name here.
-OFFICIAL_REPO = "ziplab/LITv2"
-OFFICIAL_ENTRYPOINTS = {}
-
-
 def _tag_of(pretrained_cfg):
     if isinstance(pretrained_cfg, str):
         return pretrained_cfg
@@ -600,14 +614,52 @@ def _tag_of(pretrained_cfg):
     return None
 
 
-# What turns the classifier into the official dense backbones (detection/.../litv2.py: norms on
-# stages 1-3; segmentation/.../litv2.py: on all four); used by
-# backbones.dense.DenseBackbone(task=...). The detection tables' "s = 4" rows pass
-# window_sizes=(0, 0, 4, 1).
-DENSE_BACKBONE_KWARGS = {
-    "detection": dict(feature_norms="detection"),
-    "segmentation": dict(feature_norms="segmentation"),
-}
+# The official code has no per-variant constructor: only the `LITv2` class
+# (classification/models/litv2.py), configured by classification/configs/litv2-*.yaml through
+# build.py, and its required `local_ws` defaults to None (crashes); so no official_entrypoints
+# (tools/benchmark.py --official calls an entrypoint without arguments).
+FAMILY = register_family(Family(
+    name="litv2",
+    model_cls=LITv2,
+    checkpoint_filter_fn=checkpoint_filter_fn,
+    create_from_official=create_from_official,
+    official_repo="ziplab/LITv2",
+    official_classes=tuple(_OFFICIAL_CLASSES.values()),
+    # exact parameter counts of the official implementation (1000-class heads)
+    param_counts={
+        "litv2_base_224": 86_520_704,
+        "litv2_base_384": 86_520_704,
+        "litv2_medium_224": 48_830_368,
+        "litv2_small_224": 27_844_000,
+    },
+    tag_param_counts={
+        "litv2_small_224.in1k_alpha0": 28_089_760,
+        "litv2_small_224.in1k_alpha0_4": 27_696_544,
+        "litv2_small_224.in1k_alpha0_5": 27_647_392,
+        "litv2_small_224.in1k_alpha0_7": 27_696_544,
+        "litv2_small_224.in1k_alpha1": 28_089_760,
+    },
+    # official README ImageNet-1k top-1, params (M) and FLOPs (G, the model's own flops():
+    # multiply-adds)
+    paper_results={
+        "litv2_small_224": PaperResult(top1=82.0, params_m=28, gflops=3.7),
+        "litv2_medium_224": PaperResult(top1=83.3, params_m=49, gflops=7.5),
+        "litv2_base_224": PaperResult(top1=83.6, params_m=87, gflops=13.2),
+        "litv2_base_384": PaperResult(top1=84.7, params_m=87, gflops=39.7),
+    },
+    # what turns the classifier into the official dense backbones (detection/.../litv2.py: norms
+    # on stages 1-3; segmentation/.../litv2.py: on all four); used by
+    # backbones.dense.DenseBackbone(task=...). The detection tables' "s = 4" rows pass
+    # window_sizes=(0, 0, 4, 1).
+    dense_backbone_kwargs={
+        "detection": dict(feature_norms="detection"),
+        "segmentation": dict(feature_norms="segmentation"),
+    },
+    torchscript="HiLo's attention runs through ops.window_attention_2d, whose keyword-only "
+                "arguments and Python backend dispatch TorchScript cannot compile (torch.export "
+                "is the supported path).",
+))
+
 
 def _create_litv2(variant, pretrained=False, **kwargs):
     tag = _tag_of(kwargs.get("pretrained_cfg"))
