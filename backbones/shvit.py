@@ -12,8 +12,10 @@ state_dict layout *is* timm's (``patch_embed``, ``stages.i.downsample`` / ``stag
 Architecture: a 16x16 convolutional patchify stem (four stride-2 Conv-BN), three stages of
 BasicBlocks (residual depthwise 3x3 Conv-BN, optional single-head attention mixer, residual
 Conv-BN FFN) with stride-2 transitions (residual DW conv + FFN, PatchMerging with
-squeeze-excite, residual DW conv + FFN) between stages, and a BatchNorm1d + Linear head. Every
-conv is bias-free and followed by BatchNorm; :meth:`SHViT.fuse` folds them all for inference.
+squeeze-excite, residual DW conv + FFN) between stages, and a BatchNorm1d + Linear head (with
+``distillation=True`` a second one, ``head_dist``, averaged with it, as the official option).
+Every conv is bias-free and followed by BatchNorm; :meth:`SHViT.fuse` folds them all for
+inference.
 
 Single-head self-attention (SHSA) runs on the first ``pdim`` channels only: GroupNorm(1) ->
 1x1 Conv-BN to ``q (qk_dim) | k (qk_dim) | v (pdim)`` -> softmax attention of every token to
@@ -28,19 +30,22 @@ official and timm code.
 """
 import re
 import warnings
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, SelectAdaptivePool2d, SqueezeExcite, trunc_normal_
-from timm.models import checkpoint_seq, generate_default_cfgs
+from timm.layers import DropPath, GroupNorm1, SelectAdaptivePool2d, SqueezeExcite, trunc_normal_
+from timm.models import generate_default_cfgs
 
 import ops
 
 from ._builder import build_zoo_model
-from ._helpers import check_image_input, unwrap_checkpoint
-from .layers import StagedBackboneMixin
+from ._helpers import unwrap_checkpoint
+from .layers import (DeviceLike, Stage, StagedBackboneMixin, calculate_drop_path_rates,
+                     factory_context)
+from ._family import Family, PaperResult, register_family
 from ._registry import register_zoo_model
 
 __all__ = ["SHViT", "SingleHeadAttention", "checkpoint_filter_fn", "create_from_official"]
@@ -144,7 +149,7 @@ class SingleHeadAttention(nn.Module):
     (logically ``(B, 1, H, W, pdim)``) is viewed back as NCHW and copied once, by the concat.
     """
 
-    def __init__(self, dim, qk_dim, pdim):
+    def __init__(self, dim, qk_dim, pdim, norm_layer: Callable = GroupNorm1):
         super().__init__()
         if not 0 < pdim <= dim:
             raise ValueError(f"partial_dim {pdim} must be in [1, dim={dim}]")
@@ -152,7 +157,7 @@ class SingleHeadAttention(nn.Module):
             raise ValueError(f"qk_dim must be positive, got {qk_dim}")
         self.dim, self.qk_dim, self.pdim = dim, qk_dim, pdim
         self.scale = qk_dim ** -0.5
-        self.pre_norm = nn.GroupNorm(1, pdim)  # timm GroupNorm1 / official GroupNorm: eps 1e-5
+        self.pre_norm = norm_layer(pdim)  # official GroupNorm(1 group), eps 1e-5
         self.qkv = ConvNorm(pdim, 2 * qk_dim + pdim)
         self.proj = nn.Sequential(nn.ReLU(inplace=True), ConvNorm(dim, dim, bn_weight_init=0.))
 
@@ -169,14 +174,15 @@ class SingleHeadAttention(nn.Module):
 class BasicBlock(nn.Module):
     """Residual depthwise 3x3 Conv-BN -> (residual SHSA, type ``'s'``) -> residual FFN (x2)."""
 
-    def __init__(self, dim, qk_dim, pdim, block_type, drop_path=0.):
+    def __init__(self, dim, qk_dim, pdim, block_type, drop_path=0.,
+                 norm_layer: Callable = GroupNorm1):
         super().__init__()
         if block_type not in ("s", "i"):
             raise ValueError(f"block type must be 's' (attention) or 'i' (none), "
                              f"got {block_type!r}")
         self.conv = Residual(ConvNorm(dim, dim, 3, 1, 1, groups=dim, bn_weight_init=0.), drop_path)
         if block_type == "s":
-            self.mixer = Residual(SingleHeadAttention(dim, qk_dim, pdim), drop_path)
+            self.mixer = Residual(SingleHeadAttention(dim, qk_dim, pdim, norm_layer), drop_path)
         else:
             self.mixer = nn.Identity()
         self.ffn = Residual(FFN(dim, dim * 2), drop_path)
@@ -200,47 +206,24 @@ def _transition(prev_dim, dim):
     )
 
 
-class SHViTStage(nn.Module):
-    """Optional stride-2 transition (``downsample``), then ``blocks``."""
+class NormLinear(nn.Module):
+    """BatchNorm1d (``bn``) -> Linear (``l``) on pooled features: the official ``BN_Linear`` /
+    timm ``NormLinear`` (same keys); two Identities without classes (the official ``head`` is an
+    ``Identity`` then)."""
 
-    def __init__(self, downsample, blocks):
-        super().__init__()
-        self.downsample = downsample
-        self.blocks = nn.Sequential(*blocks)
-        self.grad_checkpointing = False
-
-    def forward(self, x):
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
-
-
-class NormLinearHead(nn.Module):
-    """Global pool -> dropout -> BatchNorm1d (``bn``) -> Linear (``l``): the official
-    ``BN_Linear`` / timm ``NormLinear`` behind a timm-style pool. ``pre_logits`` are the pooled
-    features before the BatchNorm (as in timm)."""
-
-    def __init__(self, in_features, num_classes, pool_type="avg", drop_rate=0.):
+    def __init__(self, in_features: int, num_classes: int):
         super().__init__()
         self.in_features = in_features
-        self.drop_rate = drop_rate
-        self.global_pool = nn.Identity()
-        self.reset(num_classes, pool_type)
+        self.bn, self.l = nn.Identity(), nn.Identity()
+        self._make_classifier(num_classes)
 
-    def reset(self, num_classes, pool_type=None):
+    def reset(self, num_classes: int):
+        self._make_classifier(num_classes)
+
+    def _make_classifier(self, num_classes):
+        # a head made after construction (reset_classifier) joins the model's device and dtype
         param = next(self.parameters(), None)
         dd = dict(device=param.device, dtype=param.dtype) if param is not None else {}
-        if pool_type is not None:
-            pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))
-            if pool.feat_mult() != 1:
-                raise ValueError(f"global_pool={pool_type!r} changes the pooled width; SHViT's "
-                                 "BatchNorm1d head takes 'avg' or 'max' (or '' for no pooling)")
-            self.global_pool = pool
-        if num_classes > 0 and self.global_pool.is_identity():
-            raise ValueError("a classifier (num_classes > 0) needs pooling: SHViT's BatchNorm1d "
-                             "head takes pooled features; use global_pool='avg', or num_classes=0 "
-                             "with global_pool='' for the unpooled map")
         self.num_classes = num_classes
         if num_classes > 0:
             self.bn = nn.BatchNorm1d(self.in_features, **dd)
@@ -250,16 +233,14 @@ class NormLinearHead(nn.Module):
         else:
             self.bn = nn.Identity()
             self.l = nn.Identity()
-        for m in (self.global_pool, self.bn, self.l):
-            m.train(self.training)
+        self.bn.train(self.training)
+        self.l.train(self.training)
 
-    def forward(self, x, pre_logits: bool = False):
-        x = self.global_pool(x)
-        if self.drop_rate > 0.:
-            x = F.dropout(x, p=self.drop_rate, training=self.training)
-        if pre_logits:
-            return x
+    def classify(self, x):
         return self.l(self.bn(x))
+
+    def forward(self, x):
+        return self.classify(x)
 
     @torch.no_grad()
     def fuse(self):
@@ -277,6 +258,40 @@ class NormLinearHead(nn.Module):
         return self
 
 
+class NormLinearHead(NormLinear):
+    """Global pool -> dropout -> :class:`NormLinear` (``bn``, ``l``): timm's layout of the official
+    head. ``pre_logits`` are the pooled features before the BatchNorm (as in timm)."""
+
+    def __init__(self, in_features: int, num_classes: int, pool_type: str = "avg",
+                 drop_rate: float = 0.):
+        super().__init__(in_features, 0)
+        self.drop_rate = drop_rate
+        self.global_pool = nn.Identity()
+        self.reset(num_classes, pool_type)
+
+    def reset(self, num_classes: int, pool_type: Optional[str] = None):
+        if pool_type is not None:
+            pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))
+            if pool.feat_mult() != 1:
+                raise ValueError(f"global_pool={pool_type!r} changes the pooled width; SHViT's "
+                                 "BatchNorm1d head takes 'avg' or 'max' (or '' for no pooling)")
+            self.global_pool = pool
+        if num_classes > 0 and self.global_pool.is_identity():
+            raise ValueError("a classifier (num_classes > 0) needs pooling: SHViT's BatchNorm1d "
+                             "head takes pooled features; use global_pool='avg', or num_classes=0 "
+                             "with global_pool='' for the unpooled map")
+        self._make_classifier(num_classes)
+        self.global_pool.train(self.training)
+
+    def forward(self, x, pre_logits: bool = False):
+        x = self.global_pool(x)
+        if self.drop_rate > 0.:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        if pre_logits:
+            return x
+        return self.classify(x)
+
+
 class SHViT(StagedBackboneMixin, nn.Module):
     """SHViT backbone and classifier (timm API; state_dict layout identical to timm's ``SHViT``).
 
@@ -291,15 +306,36 @@ class SHViT(StagedBackboneMixin, nn.Module):
         downsample: per stage, whether a stride-2 transition precedes it. Default: every stage
             whose width differs from the previous one's (timm's rule; the official ``down_ops``
             subsample before stages 2 and 3, the same thing for every released config).
+        distillation: a second BatchNorm1d + Linear head (``head_dist``) on the same pooled
+            features, as the official ``distillation=True`` (DeiT-style): the output is the mean
+            of both heads, or, after ``set_distilled_training(True)`` and in train mode, the
+            pair ``(head, head_dist)`` for a distillation loss (timm's LeViT convention).
+        norm_layer: the attention's pre-norm (official ``GroupNorm`` with one group).
         drop_rate: dropout before the classifier; drop_path_rate: stochastic depth on the
             blocks' residual branches, linear over all blocks (neither is used by the official
             recipes: 0).
+        device, dtype: where and in which float precision the parameters are made
+            (``device="meta"`` allocates nothing).
     """
 
-    def __init__(self, in_chans=3, num_classes=1000, global_pool="avg",
-                 embed_dim=(128, 256, 384), partial_dim=(32, 64, 96), qk_dim=(16, 16, 16),
-                 depth=(1, 2, 3), types=("s", "s", "s"), downsample=None, drop_rate=0.,
-                 drop_path_rate=0.):
+    def __init__(
+            self,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = "avg",
+            embed_dim: Sequence[int] = (128, 256, 384),
+            partial_dim: Sequence[int] = (32, 64, 96),
+            qk_dim: Sequence[int] = (16, 16, 16),
+            depth: Sequence[int] = (1, 2, 3),
+            types: Sequence[str] = ("s", "s", "s"),
+            downsample: Optional[Sequence[bool]] = None,
+            distillation: bool = False,
+            norm_layer: Callable = GroupNorm1,
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            device: DeviceLike = None,
+            dtype: Optional[torch.dtype] = None,
+    ):
         super().__init__()
         embed_dim, partial_dim, qk_dim = tuple(embed_dim), tuple(partial_dim), tuple(qk_dim)
         depth, types = tuple(depth), tuple(types)
@@ -327,32 +363,36 @@ class SHViT(StagedBackboneMixin, nn.Module):
 
         self.num_classes = num_classes
         self.in_chans = in_chans
+        self.min_input_size = 1
         self.output_fmt = "NCHW"
         self.grad_checkpointing = False
+        self.distilled_training = False
         c0 = embed_dim[0]
-        self.patch_embed = nn.Sequential(
-            ConvNorm(in_chans, c0 // 8, 3, 2, 1), nn.ReLU(inplace=True),
-            ConvNorm(c0 // 8, c0 // 4, 3, 2, 1), nn.ReLU(inplace=True),
-            ConvNorm(c0 // 4, c0 // 2, 3, 2, 1), nn.ReLU(inplace=True),
-            ConvNorm(c0 // 2, c0, 3, 2, 1))
+        dpr = calculate_drop_path_rates(drop_path_rate, list(depth), stagewise=True)
+        with factory_context(device, dtype):
+            self.patch_embed = nn.Sequential(
+                ConvNorm(in_chans, c0 // 8, 3, 2, 1), nn.ReLU(inplace=True),
+                ConvNorm(c0 // 8, c0 // 4, 3, 2, 1), nn.ReLU(inplace=True),
+                ConvNorm(c0 // 4, c0 // 2, 3, 2, 1), nn.ReLU(inplace=True),
+                ConvNorm(c0 // 2, c0, 3, 2, 1))
 
-        dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depth)).split(list(depth))]
-        stages, self.feature_info = [], []
-        reduction = 16
-        for i in range(num_stages):
-            if downsample[i]:
-                reduction *= 2
-            blocks = [BasicBlock(embed_dim[i], qk_dim[i], partial_dim[i], types[i], dpr[i][j])
-                      for j in range(depth[i])]
-            down = _transition(embed_dim[i - 1], embed_dim[i]) if downsample[i] else nn.Identity()
-            stages.append(SHViTStage(down, blocks))
-            self.feature_info.append(dict(num_chs=embed_dim[i], reduction=reduction,
-                                          module=f"stages.{i}"))
-        self.stages = nn.Sequential(*stages)
-        self.num_features = self.head_hidden_size = embed_dim[-1]
-        self.norm = nn.Identity()  # no final norm (the mixin's hook)
-        self.feature_norms = None
-        self.head = NormLinearHead(self.num_features, num_classes, global_pool, drop_rate)
+            stages, self.feature_info = [], []
+            reduction = 16
+            for i in range(num_stages):
+                if downsample[i]:
+                    reduction *= 2
+                blocks = [BasicBlock(embed_dim[i], qk_dim[i], partial_dim[i], types[i],
+                                     dpr[i][j], norm_layer) for j in range(depth[i])]
+                down = _transition(embed_dim[i - 1], embed_dim[i]) if downsample[i] else None
+                stages.append(Stage(down, blocks))
+                self.feature_info.append(dict(num_chs=embed_dim[i], reduction=reduction,
+                                              module=f"stages.{i}"))
+            self.stages = nn.Sequential(*stages)
+            self.num_features = self.head_hidden_size = embed_dim[-1]
+            self.norm = nn.Identity()  # no final norm (the mixin's hook)
+            self.feature_norms = None
+            self.head = NormLinearHead(self.num_features, num_classes, global_pool, drop_rate)
+            self.head_dist = NormLinear(self.num_features, num_classes) if distillation else None
 
     # The mixin calls the stem `stem`; the official and timm key layout call it `patch_embed`.
     stem_key = "patch_embed"
@@ -363,25 +403,37 @@ class SHViT(StagedBackboneMixin, nn.Module):
 
     @torch.jit.ignore
     def get_classifier(self):
+        if self.head_dist is not None:
+            return self.head.l, self.head_dist.l
         return self.head.l
 
-    def _check_input(self, x):
-        check_image_input(x, self.in_chans, type(self).__name__)
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        self.num_classes = num_classes
+        like = next(self.patch_embed.parameters())  # a new head joins the model's device, dtype
+        with factory_context(like.device, like.dtype):
+            self.head.reset(num_classes, pool_type=global_pool)
+            if self.head_dist is not None:
+                self.head_dist.reset(num_classes)
 
-    def forward_features(self, x):
-        self._check_input(x)
-        return self.stages(self.patch_embed(x))
+    @torch.jit.ignore
+    def set_distilled_training(self, enable: bool = True):
+        self.distilled_training = enable
 
     def forward_head(self, x, pre_logits: bool = False):
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x):
-        return self.head(self.forward_features(x))
+        if self.head_dist is None:
+            return self.head(x, pre_logits=pre_logits)
+        x = self.head(x, pre_logits=True)
+        if pre_logits:
+            return x
+        x, x_dist = self.head.classify(x), self.head_dist(x)
+        if self.distilled_training and self.training and not torch.jit.is_scripting():
+            return x, x_dist
+        return (x + x_dist) / 2
 
     @torch.no_grad()
     def fuse(self):
         """Fold every Conv-BN into one ``Conv2d``, each residual depthwise Conv-BN's identity into
-        its centre tap, and the head's BatchNorm1d into its Linear layer (the official
+        its centre tap, and the heads' BatchNorm1d into their Linear layers (the official
         ``replace_batchnorm`` / timm ``SHViT.fuse``). In place; returns ``self``. Inference only:
         uses the BatchNorm running statistics, so call it on a model in ``eval()`` mode and do
         not train the result. Outputs are unchanged up to float rounding."""
@@ -450,7 +502,8 @@ def checkpoint_filter_fn(state_dict, model=None):
       also the detection backbone ``downstream/shvit.py``): ``blocks{n}`` becomes ``stages.{n-1}``;
       a stage whose ``blocks{n}.1`` is a PatchMerging has a transition, and its ``.0.{0,1}``,
       ``.1``, ``.2.{0,1}`` become ``downsample.0..4`` and ``.{j>=3}`` ``blocks.{j-3}`` (no
-      depth limit). ``head_dist.*`` (distillation head, in no release) is dropped with a warning.
+      depth limit). ``head_dist.*`` (``distillation=True``, in no release) keeps its keys; it is
+      dropped with a warning when ``model`` has no distillation head.
     * timm (``timm/shvit_sN.in1k``) and zoo (``stages.*``): identical; passed through.
 
     Any wrapper (``model`` / ``state_dict`` / EMA keys, ``module.`` / ``_orig_mod.`` prefixes;
@@ -467,10 +520,12 @@ def checkpoint_filter_fn(state_dict, model=None):
         state_dict = {k[len("backbone."):]: v for k, v in state_dict.items()
                       if k.startswith("backbone.")}
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith(_DENSE_HEAD_PREFIXES)}
-    if any(k.startswith("head_dist.") for k in state_dict):
+    if model is not None and getattr(model, "head_dist", None) is None \
+            and any(k.startswith("head_dist.") for k in state_dict):
         warnings.warn("dropping the checkpoint's distillation head (head_dist.*): the official "
-                      "model averages it with `head` in eval, the zoo model has one head, so "
-                      "its logits will differ from the official distilled model's")
+                      "model averages it with `head` in eval and this model has one head, so "
+                      "its logits will differ from the official distilled model's; build the "
+                      "model with distillation=True to keep it")
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head_dist.")}
 
     transitions = _official_stage_keys(state_dict)
@@ -479,8 +534,8 @@ def checkpoint_filter_fn(state_dict, model=None):
     else:
         out = dict(state_dict)
 
-    if _is_fused(out) and "head.weight" in out:  # official / timm fused head: a bare Linear
-        out = {("head.l." + k[len("head."):] if k in ("head.weight", "head.bias") else k): v
+    if _is_fused(out):  # official / timm fused heads are bare Linears
+        out = {re.sub(r"^(head|head_dist)\.(weight|bias)$", r"\1.l.\2", k): v
                for k, v in out.items()}
     if model is not None:
         own = model.state_dict()
@@ -489,7 +544,7 @@ def checkpoint_filter_fn(state_dict, model=None):
                 "the checkpoint is a fused (Conv-BN folded) state_dict and the model is not, or "
                 "the reverse: load unfused weights and call model.fuse() afterwards")
         if not any(k.startswith("head.") for k in own):
-            out = {k: v for k, v in out.items() if not k.startswith("head.")}
+            out = {k: v for k, v in out.items() if not k.startswith(("head.", "head_dist."))}
         for k, v in out.items():
             target = own.get(k)
             if target is not None and v.dim() == 2 and target.dim() == 4 \
@@ -499,6 +554,12 @@ def checkpoint_filter_fn(state_dict, model=None):
 
 
 _OFFICIAL_CLASSES = ("SHViT", "Partial_ViT_Exp")
+_ARCH_KWARGS = {"in_chans", "embed_dim", "partial_dim", "qk_dim", "depth", "types", "down_ops",
+                "distillation"}
+_OFFICIAL_KWARGS = {
+    "SHViT": _ARCH_KWARGS | {"num_classes"},
+    "Partial_ViT_Exp": _ARCH_KWARGS | {"img_size", "patch_size", "frozen_stages", "pretrained"},
+}
 
 
 def _official_class_name(official_class):
@@ -514,42 +575,55 @@ def create_from_official(kwargs, official_class=None):
 
     ``official_class``: ``model/shvit.py:SHViT`` (default; the classifier) or
     ``downstream/shvit.py:Partial_ViT_Exp`` (the mmdet backbone: no head; its three stage outputs
-    are ``forward_intermediates`` / ``features_only``). ``down_ops[i] = ['subsample', 2]`` puts a
-    transition in front of stage ``i + 1``. The distillation head is refused (no release has one).
+    are ``forward_intermediates`` / ``features_only``).
+
+    As the official constructors: ``down_ops[i] = ['subsample', 2]`` puts a transition in front
+    of stage ``i + 1``; the per-stage lists are zipped, so stages past the shortest list get no
+    BasicBlocks (a transition may still lead into them); ``distillation=True`` adds the second
+    head (``SHViT`` only: ``Partial_ViT_Exp`` accepts and ignores it, as it does ``img_size`` and
+    ``patch_size``). ``Partial_ViT_Exp``'s ``frozen_stages`` only matters while training: the
+    dense adapter's ``frozen_stages`` / ``norm_eval`` do that (``backbones/dense``).
     """
     cls_name = _official_class_name(official_class)
     if cls_name not in _OFFICIAL_CLASSES:
         raise ValueError(f"unknown official SHViT class {official_class!r}; expected "
                          "model/shvit.py:SHViT or downstream/shvit.py:Partial_ViT_Exp")
     kw = dict(kwargs)
-    if kw.get("distillation"):
-        raise ValueError("distillation=True (a second BN_Linear head averaged in eval) is not "
-                         "supported: no released SHViT uses it")
+    unknown = set(kw) - _OFFICIAL_KWARGS[cls_name]
+    if unknown:
+        raise TypeError(f"{cls_name} takes no argument(s) {sorted(unknown)}")
     if kw.get("pretrained") not in (None, False):
         raise ValueError("create_from_official builds the architecture only; load weights with "
                          "checkpoint_filter_fn")
     embed_dim = tuple(kw.get("embed_dim", (128, 256, 384)))
-    down_ops = kw.get("down_ops", [["subsample", 2], ["subsample", 2], [""]])
     if len(embed_dim) != 3:
         raise ValueError(f"the official SHViT has exactly three stages (blocks1..3), got "
                          f"embed_dim {embed_dim}")
-    downsample = [False] * len(embed_dim)
-    for i, op in enumerate(down_ops):
+    per_stage = dict(partial_dim=tuple(kw.get("partial_dim", (32, 64, 96))),
+                     qk_dim=tuple(kw.get("qk_dim", (16, 16, 16))),
+                     depth=tuple(kw.get("depth", (1, 2, 3))),
+                     types=tuple(kw.get("types", ("s", "s", "s"))))
+    down_ops = list(kw.get("down_ops", [["subsample", 2], ["subsample", 2], [""]]))
+    built = min(3, len(down_ops), *(len(v) for v in per_stage.values()))
+    # stages the official zip never reaches have no blocks: placeholders keep one entry per stage
+    per_stage = {k: v[:built] + ((0,) if k == "depth" else ("i",) if k == "types" else (1,))
+                 * (3 - built) for k, v in per_stage.items()}
+    downsample = [False] * 3
+    for i, op in enumerate(down_ops[:built]):
         name = op[0] if op else ""
         if name == "subsample":
-            if i + 1 >= len(embed_dim):
+            if i + 1 >= 3:
                 raise ValueError(f"down_ops[{i}] subsamples after the last stage (the official "
                                  "code fails there too)")
             downsample[i + 1] = True
         elif name:
             raise ValueError(f"unknown down_ops entry {op!r} (only 'subsample' or '')")
-    model = SHViT(
+    headless = cls_name == "Partial_ViT_Exp"
+    return SHViT(
         in_chans=kw.get("in_chans", 3),
-        num_classes=0 if cls_name == "Partial_ViT_Exp" else kw.get("num_classes", 1000),
-        embed_dim=embed_dim, partial_dim=tuple(kw.get("partial_dim", (32, 64, 96))),
-        qk_dim=tuple(kw.get("qk_dim", (16, 16, 16))), depth=tuple(kw.get("depth", (1, 2, 3))),
-        types=tuple(kw.get("types", ("s", "s", "s"))), downsample=tuple(downsample))
-    return model
+        num_classes=0 if headless else kw.get("num_classes", 1000),
+        embed_dim=embed_dim, downsample=tuple(downsample),
+        distillation=bool(kw.get("distillation")) and not headless, **per_stage)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -584,32 +658,46 @@ default_cfgs = generate_default_cfgs({
     "shvit_s4_256.in1k": _cfg(url=_RELEASE + "shvit_s4.pth", input_size=(3, 256, 256)),
 })
 
-
 # Official README (= paper) ImageNet-1k top-1, params (M) and FLOPs (G, multiply-adds; S4 at 256).
-PAPER_RESULTS = {
-    "shvit_s1_224": dict(top1=72.8, params_m=6.3, gflops=0.241),
-    "shvit_s2_224": dict(top1=75.2, params_m=11.4, gflops=0.366),
-    "shvit_s3_224": dict(top1=77.4, params_m=14.2, gflops=0.601),
-    "shvit_s4_256": dict(top1=79.4, params_m=16.5, gflops=0.986),
-}
-
 # timm's model of the same architecture (tools/benchmark.py --compare).
-TIMM_EQUIVALENTS = {
-    "shvit_s1_224": "shvit_s1",
-    "shvit_s2_224": "shvit_s2",
-    "shvit_s3_224": "shvit_s3",
-    "shvit_s4_256": "shvit_s4",
-}
-
 # The authors' constructor of each variant (file:function in OFFICIAL_REPO), for side-by-side
 # timing and output checks against a local clone (tools/benchmark.py --official).
-OFFICIAL_REPO = "ysj9909/SHViT"
-OFFICIAL_ENTRYPOINTS = {
-    "shvit_s1_224": "model/build.py:shvit_s1",
-    "shvit_s2_224": "model/build.py:shvit_s2",
-    "shvit_s3_224": "model/build.py:shvit_s3",
-    "shvit_s4_256": "model/build.py:shvit_s4",
-}
+FAMILY = register_family(Family(
+    name="shvit",
+    model_cls=SHViT,
+    checkpoint_filter_fn=checkpoint_filter_fn,
+    create_from_official=create_from_official,
+    official_repo="ysj9909/SHViT",
+    official_classes=("model/shvit.py:SHViT", "downstream/shvit.py:Partial_ViT_Exp"),
+    torchscript=("the attention calls ops.window_attention_2d, whose keyword-only arguments and "
+                 "backend dispatch TorchScript cannot compile; torch.export is the supported "
+                 "path"),
+    # exact parameter counts of the official implementation (1000-class heads)
+    param_counts={
+        "shvit_s1_224": 6_330_808,
+        "shvit_s2_224": 11_483_072,
+        "shvit_s3_224": 14_245_273,
+        "shvit_s4_256": 16_588_484,
+    },
+    official_entrypoints={
+        "shvit_s1_224": "model/build.py:shvit_s1",
+        "shvit_s2_224": "model/build.py:shvit_s2",
+        "shvit_s3_224": "model/build.py:shvit_s3",
+        "shvit_s4_256": "model/build.py:shvit_s4",
+    },
+    paper_results={
+        "shvit_s1_224": PaperResult(top1=72.8, params_m=6.3, gflops=0.241),
+        "shvit_s2_224": PaperResult(top1=75.2, params_m=11.4, gflops=0.366),
+        "shvit_s3_224": PaperResult(top1=77.4, params_m=14.2, gflops=0.601),
+        "shvit_s4_256": PaperResult(top1=79.4, params_m=16.5, gflops=0.986),
+    },
+    timm_equivalents={
+        "shvit_s1_224": "shvit_s1",
+        "shvit_s2_224": "shvit_s2",
+        "shvit_s3_224": "shvit_s3",
+        "shvit_s4_256": "shvit_s4",
+    },
+))
 
 
 def _create_shvit(variant, pretrained=False, **kwargs):

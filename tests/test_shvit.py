@@ -4,6 +4,7 @@ through the filter (official release, timm hub, zoo, fused, mmdet), ``fuse()``, 
 ``ops``, training-mode gradients equal to timm's, any input size and clear input errors."""
 import argparse
 import copy
+import itertools
 import re
 import warnings
 
@@ -19,12 +20,7 @@ from golden import build_from_fixture, load_fixture
 
 # Exact counts of the official entrypoints (model/build.py, ImageNet-1k heads), counted by running
 # the official model/shvit.py; timm's shvit_sN have the same counts.
-OFFICIAL_PARAMS = {
-    "shvit_s1_224": 6_330_808,
-    "shvit_s2_224": 11_483_072,
-    "shvit_s3_224": 14_245_273,
-    "shvit_s4_256": 16_588_484,
-}
+OFFICIAL_PARAMS = dict(shvit.FAMILY.param_counts)
 # The golden fixture's architecture as overrides of a registered variant.
 FIXTURE_ARCH = dict(embed_dim=(32, 64, 96), partial_dim=(8, 16, 24), depth=(2, 2, 2),
                     types=("i", "s", "s"), num_classes=10)
@@ -46,7 +42,7 @@ def _randomize_bn(model, seed=0):
 
 def _timm_and_zoo(name, **kwargs):
     torch.manual_seed(0)
-    ref = _randomize_bn(timm.create_model(shvit.TIMM_EQUIVALENTS[name], **kwargs)).eval()
+    ref = _randomize_bn(timm.create_model(shvit.FAMILY.timm_equivalents[name], **kwargs)).eval()
     zoo = timm.create_model(name, **kwargs).eval()
     zoo.load_state_dict(shvit.checkpoint_filter_fn(ref.state_dict(), zoo), strict=True)
     return ref, zoo
@@ -75,7 +71,7 @@ def _to_official(state_dict):
 @pytest.mark.parametrize("name", sorted(OFFICIAL_PARAMS))
 def test_param_count_is_official_and_timms(name):
     model = timm.create_model(name)
-    ref = timm.create_model(shvit.TIMM_EQUIVALENTS[name])
+    ref = timm.create_model(shvit.FAMILY.timm_equivalents[name])
     assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS[name]
     assert sum(p.numel() for p in ref.parameters()) == OFFICIAL_PARAMS[name]
 
@@ -207,7 +203,7 @@ def test_fuse_keeps_outputs(name):
         assert (model(x) - fused(x)).abs().max() < 1e-4
     for fa, fb in zip(feats_a + [a], feats_b + [b]):
         assert (fa - fb).abs().max() < 1e-4
-    ref = timm.create_model(shvit.TIMM_EQUIVALENTS[name]).eval()
+    ref = timm.create_model(shvit.FAMILY.timm_equivalents[name]).eval()
     ref.load_state_dict(model.state_dict())
     ref.fuse()
     with torch.no_grad():  # the same folding as timm's fuse()
@@ -315,6 +311,7 @@ def test_create_from_official_options():
     for cls in (None, "SHViT", "model/shvit.py:SHViT", "SHViT (model/shvit.py)"):
         model = shvit.create_from_official(base, cls)
         assert model.num_classes == 5 and model.feature_info[2]["reduction"] == 64
+        assert model.head_dist is None
     no_sub = shvit.create_from_official(dict(base, embed_dim=[16, 16, 48],
                                              down_ops=[[""], ["subsample", 2], [""]]))
     assert isinstance(no_sub.stages[1].downsample, torch.nn.Identity)
@@ -323,10 +320,136 @@ def test_create_from_official_options():
         shvit.create_from_official(dict(base, down_ops=[[""], ["subsample", 2], [""]]))
     with pytest.raises(ValueError, match="after the last stage"):
         shvit.create_from_official(dict(base, down_ops=[["subsample", 2]] * 3))
-    with pytest.raises(ValueError, match="distillation"):
-        shvit.create_from_official(dict(base, distillation=True))
     with pytest.raises(ValueError, match="unknown official SHViT class"):
         shvit.create_from_official(base, "model/efficientvit.py:EfficientViT")
+    with pytest.raises(TypeError, match="img_size"):  # a Partial_ViT_Exp argument
+        shvit.create_from_official(dict(base, img_size=224), "model/shvit.py:SHViT")
+    distilled = shvit.create_from_official(dict(base, distillation=True))
+    assert distilled.head_dist.l.out_features == 5
+    # Partial_ViT_Exp takes distillation / img_size / patch_size and uses none of them
+    backbone = {k: v for k, v in base.items() if k != "num_classes"}
+    dense = shvit.create_from_official(
+        dict(backbone, distillation=True, img_size=512, patch_size=16, frozen_stages=-1,
+             pretrained=None), "downstream/shvit.py:Partial_ViT_Exp")
+    assert dense.head_dist is None and dense.num_classes == 0
+
+
+def test_create_from_official_zips_the_stage_lists():
+    """The official loop zips embed_dim, qk_dim, partial_dim, depth, down_ops and types: stages
+    past the shortest list get no BasicBlocks (a transition can still lead into them)."""
+    kwargs = dict(embed_dim=[16, 32, 32], partial_dim=[4, 8], depth=[1, 2, 3],
+                  types=["s", "s", "s", "i"], down_ops=[["subsample", 2], [""], [""]],
+                  num_classes=3)
+    model = shvit.create_from_official(kwargs)
+    assert [len(s.blocks) for s in model.stages] == [1, 2, 0]
+    short_ops = shvit.create_from_official(dict(kwargs, partial_dim=[4, 8, 8],
+                                                down_ops=[["subsample", 2]]))
+    assert [len(s.blocks) for s in short_ops.stages] == [1, 0, 0]
+    assert not isinstance(short_ops.stages[1].downsample, torch.nn.Identity)
+
+
+# ---------------------------------------------------------------------- non-default fixtures
+
+NON_DEFAULT_FIXTURES = ["shvit_nondefault", "shvit_distill", "shvit_dense"]
+
+
+@pytest.mark.parametrize("fixture", NON_DEFAULT_FIXTURES)
+def test_non_default_fixture_param_count_is_official(fixture):
+    """The generator (tests/golden/make/shvit.py) counted the official model's parameters."""
+    config, official, _ = load_fixture(GOLDEN, fixture)
+    model = build_from_fixture(shvit.FAMILY, config, official)
+    assert sum(p.numel() for p in model.parameters()) == config["params"]
+    assert sum(v.numel() for k, v in official.items() if not k.endswith(
+        ("running_mean", "running_var", "num_batches_tracked"))) == config["params"]
+
+
+def test_non_default_fixtures_cover_every_official_class():
+    classes = {load_fixture(GOLDEN, f)[0]["official_class"] for f in NON_DEFAULT_FIXTURES}
+    assert classes == set(shvit.FAMILY.official_classes)
+
+
+# ------------------------------------------------------------------------------ distillation
+
+def test_distillation_head():
+    """distillation=True: head_dist (official keys) on the pooled features; eval output is the
+    mean of both heads, train output too unless distilled training is switched on (then the
+    pair, as the official model returns in train mode)."""
+    config, official, io = load_fixture(GOLDEN, "shvit_distill")
+    model = build_from_fixture(shvit.FAMILY, config, official)
+    assert torch.equal(model.state_dict()["head_dist.l.weight"], official["head_dist.l.weight"])
+    x = io["input"]
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        pooled = model.forward_head(feats, pre_logits=True)
+        both = model.head.classify(pooled), model.head_dist(pooled)
+        assert torch.equal(model(x), (both[0] + both[1]) / 2)
+    assert len(model.get_classifier()) == 2
+    fused = copy.deepcopy(model).fuse()
+    assert isinstance(fused.head_dist.bn, torch.nn.Identity)
+    with torch.no_grad():
+        assert (fused(x) - io["logits"]).abs().max() < 1e-4
+    # fused official / timm-style heads are bare Linears: head_dist.weight too
+    fused_sd = {re.sub(r"^(head|head_dist)\.l\.", r"\1.", k): v
+                for k, v in fused.state_dict().items()}
+    again = shvit.create_from_official(config["kwargs"]).eval().fuse()
+    again.load_state_dict(shvit.checkpoint_filter_fn(fused_sd, again), strict=True)
+    model.train()
+    assert isinstance(model(x), torch.Tensor)
+    model.set_distilled_training(True)
+    out, out_dist = model(x)
+    assert out.shape == out_dist.shape == (2, 6)
+    model.eval()
+    model.reset_classifier(4)
+    assert model.head.l.out_features == model.head_dist.l.out_features == 4
+    assert not model.head_dist.bn.training
+    model.reset_classifier(0)
+    with torch.no_grad():  # (x + x) / 2, as the official head-less distilled model
+        assert torch.equal(model(x), model.forward_features(x).mean((2, 3)))
+
+
+def test_distillation_head_is_kept_without_a_model():
+    _, official, _ = load_fixture(GOLDEN, "shvit_distill")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = shvit.checkpoint_filter_fn({"model": official})
+    assert "head_dist.bn.running_var" in out
+
+
+# ----------------------------------------------------------------------------- device / dtype
+
+def test_device_and_dtype():
+    meta = shvit.SHViT(embed_dim=(16, 32, 48), partial_dim=(4, 8, 12), distillation=True,
+                       device="meta")
+    assert all(t.device.type == "meta" for t in itertools.chain(meta.parameters(),
+                                                                  meta.buffers()))
+    half = shvit.SHViT(embed_dim=(16, 32, 48), partial_dim=(4, 8, 12), num_classes=3,
+                       dtype=torch.bfloat16).eval()
+    assert all(p.dtype == torch.bfloat16 for p in half.parameters())
+    half.reset_classifier(0)
+    half.reset_classifier(5)  # a new head joins the model's dtype
+    assert half.head.l.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        out = half(torch.randn(2, 3, 64, 64, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and out.shape == (2, 5)
+    assert torch.get_default_dtype() == torch.float32
+
+
+def test_empty_batch_gives_empty_logits():
+    model = timm.create_model("shvit_s1_224", **FIXTURE_ARCH).eval()
+    with torch.no_grad():
+        assert model(torch.randn(0, 3, 64, 64)).shape == (0, 10)
+        feats = model.forward_intermediates(torch.randn(0, 3, 64, 64), intermediates_only=True)
+    assert [f.shape[0] for f in feats] == [0, 0, 0]
+
+
+def test_export_in_eval_mode():
+    """The BatchNorm1d head only checks the batch (more than one value per channel) in train
+    mode; an eval-mode batch of one exports and runs."""
+    model = timm.create_model("shvit_s1_224", **FIXTURE_ARCH).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad(), ops.use_backend("reference"):
+        program = torch.export.export(model, (x,))
+        assert torch.equal(program.module()(x), model(x))
 
 
 # ------------------------------------------------------------------------------- input sizes
@@ -387,7 +510,7 @@ def test_data_config_and_sources():
         variant = name.split("_")[1]
         assert model.pretrained_cfg["url"] == (
             f"https://github.com/ysj9909/SHViT/releases/download/v1.0/shvit_{variant}.pth")
-        timm_cfg = timm.models.get_pretrained_cfg(shvit.TIMM_EQUIVALENTS[name])
+        timm_cfg = timm.models.get_pretrained_cfg(shvit.FAMILY.timm_equivalents[name])
         assert timm_cfg.input_size == model.pretrained_cfg["input_size"]
         assert timm_cfg.first_conv == model.pretrained_cfg["first_conv"]
         assert timm_cfg.classifier == model.pretrained_cfg["classifier"]
