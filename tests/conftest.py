@@ -48,8 +48,10 @@ def _skip_repeated_interpreter_patching():
 if os.environ.get("TRITON_INTERPRET") == "1":
     _skip_repeated_interpreter_patching()
 
-SHARED = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
-GOLDEN = os.environ.get("BACKBONES_GOLDEN_DIR", os.path.join(SHARED, "golden"))
+# The fixtures travel with the repository (tests/golden, see its README); BACKBONES_GOLDEN_DIR
+# points the suite at another copy.
+GOLDEN = os.environ.get("BACKBONES_GOLDEN_DIR",
+                        os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden"))
 
 
 def pytest_configure(config):

@@ -1,5 +1,6 @@
 """Every golden fixture of every zoo family, on the reference path and on the Triton path (under
-the interpreter on a CPU-only machine)."""
+the interpreter on a CPU-only machine). Fixtures of families still to be built (their folders came
+with the shared fixture set) are not collected; a test pins that list so none is forgotten."""
 import os
 
 import pytest
@@ -8,18 +9,26 @@ import backbones
 from conftest import GOLDEN
 from golden import family_of, fixture_dirs, run_fixture
 
-FIXTURES = fixture_dirs(GOLDEN) if os.path.isdir(GOLDEN) else []
+ALL_FIXTURES = fixture_dirs(GOLDEN) if os.path.isdir(GOLDEN) else []
+FIXTURES = [f for f in ALL_FIXTURES if family_of(f) in backbones.FAMILIES]
+# Families whose fixtures are in tests/golden ahead of their code (issues 16-18).
+PLANNED_FAMILIES = {"dependencyvit", "ela", "sparsifiner", "ulsam"}
 
 
 def test_fixtures_found():
     assert FIXTURES, f"no golden fixtures under {GOLDEN}; set BACKBONES_GOLDEN_DIR"
+    assert {family_of(f) for f in FIXTURES} == set(backbones.FAMILIES)
+
+
+def test_every_fixture_belongs_to_a_family():
+    pending = {family_of(f) for f in ALL_FIXTURES} - set(backbones.FAMILIES)
+    assert pending <= PLANNED_FAMILIES, f"fixtures of no family, built or planned: {pending - PLANNED_FAMILIES}"
+    assert not PLANNED_FAMILIES & set(backbones.FAMILIES), "a planned family is built: drop it here"
 
 
 # The Triton path runs under the interpreter on CPU-only machines: ~10-25 s per fixture.
 @pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("fixture", FIXTURES)
 def test_golden_fixture(fixture, backend):
-    if family_of(fixture) not in backbones.FAMILIES:
-        pytest.skip(f"family {family_of(fixture)!r} is not in the zoo yet")
     diffs = run_fixture(GOLDEN, fixture, backend)
     assert diffs  # at least one tensor was compared

@@ -47,7 +47,7 @@ def test_name_is_family_variant_resolution(name):
     """``<family>_<variant>_<resolution>``; a family that hosts timm's own architectures under
     zoo names (HaloNet's hybrids) names them ``<timm architecture>_<resolution>``."""
     family = backbones._registry._ZOO_MODELS[name]
-    timm_twin = getattr(backbones.get_family_module(family), "TIMM_EQUIVALENTS", {}).get(name)
+    timm_twin = backbones.get_family(family).timm_equivalents.get(name)
     prefix = re.escape(timm_twin) if timm_twin and not name.startswith(family + "_") \
         else rf"{family}_([a-z0-9]+_)*[a-z0-9]+"
     match = re.fullmatch(rf"{prefix}_(?P<res>\d+)", name)
@@ -100,8 +100,9 @@ def test_share_links_get_distinct_cache_names():
     assert cache_file_name("https://x.org/r/cswin_tiny_224.pth") == "cswin_tiny_224.pth"
 
 
-def test_get_family_module():
-    assert backbones.get_family_module("cswin_tiny_224") is backbones.cswin
+def test_get_family():
+    assert backbones.get_family("cswin_tiny_224") is backbones.cswin.FAMILY
+    assert backbones.get_family("cswin_tiny_224.in1k") is backbones.FAMILIES["cswin"]
     assert backbones.get_family_module("cswin") is backbones.cswin
     with pytest.raises(KeyError, match="list_zoo_models"):
-        backbones.get_family_module("nope_1")
+        backbones.get_family("nope_1")

@@ -1,4 +1,5 @@
 """tools/benchmark.py and tools/convert.py, on the CPU, without network."""
+import dataclasses
 import csv
 import importlib.util
 import json
@@ -38,10 +39,16 @@ def convert_tool():
 
 # ----------------------------------------------------------------------------- benchmark
 
+def _patch_family(monkeypatch, name, **fields):
+    """Swap a family's record for a copy with ``fields`` changed, for one test."""
+    record = dataclasses.replace(backbones.FAMILIES[name], **fields)
+    object.__setattr__(record, "module", backbones.FAMILIES[name].module)
+    monkeypatch.setitem(backbones._family._FAMILIES, name, record)
+
+
 def test_params_gmacs_compare_paper(bench_tool, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(backbones.cswin, "PAPER_RESULTS",
-                        {"cswin_tiny_224": {"top1": 82.7, "params_m": 23, "gflops": 4.3}},
-                        raising=False)
+    _patch_family(monkeypatch, "cswin", paper_results={
+        "cswin_tiny_224": backbones.PaperResult(top1=82.7, params_m=23, gflops=4.3)})
     out_csv = tmp_path / "params.csv"
     rows = bench_tool.main(["--models", "cswin_tiny_224", "--params-only", "--compare", "--paper",
                            "--csv", str(out_csv)])
@@ -161,8 +168,8 @@ def test_import_official_missing_requirement_says_what_to_do(bench_tool, tmp_pat
 def test_official_twin_rows(bench_tool, tmp_path, monkeypatch, capsys):
     (tmp_path / "repo").mkdir()
     repo = _fake_official_repo(tmp_path / "repo")
-    monkeypatch.setattr(backbones.cswin, "OFFICIAL_ENTRYPOINTS",
-                        {"cswin_tiny_224": "models/fake_cswin.py:tiny"})
+    _patch_family(monkeypatch, "cswin",
+                  official_entrypoints={"cswin_tiny_224": "models/fake_cswin.py:tiny"})
     rows = bench_tool.main(["--models", "cswin_tiny_224", "cswin_small_224", "--params-only",
                             "--official", str(repo)])
     assert [(r["model"], r["source"]) for r in rows] == [

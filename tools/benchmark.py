@@ -15,12 +15,12 @@ trace). Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (weights includ
 increase of resident memory over the built model, each model running in its own subprocess.
 
 ``--official DIR``: also time the authors' model from a local clone of the official repository
-(the family module's ``OFFICIAL_ENTRYPOINTS``; its own requirements installed), in its own
+(the family record's ``official_entrypoints``; its own requirements installed), in its own
 subprocess. That worker first loads the official model's random weights into ours through the
 family's ``checkpoint_filter_fn`` and reports the largest output difference, so both rows time the
 same function.
 
-``--paired``: latency of each zoo model and its timm twin (``TIMM_EQUIVALENTS``) in one process,
+``--paired``: latency of each zoo model and its timm twin (the family record's ``timm_equivalents``) in one process,
 on the same weights and batch, one call of each in turn (who goes first alternates). Both see the
 same moments of a shared machine's load, so the median of the per-pair ratios is the robust
 comparison where ``--compare``'s medians (separate windows of time) scatter. No memory column.
@@ -87,9 +87,9 @@ def parse_args(argv=None):
                    help="also run timm's model of the same architecture, where timm has one")
     p.add_argument("--official", nargs="+", metavar="DIR",
                    help="local clones of official repositories: also time the authors' model of "
-                        "each zoo model whose family names one (OFFICIAL_ENTRYPOINTS)")
+                        "each zoo model whose family names one (its record's official_entrypoints)")
     p.add_argument("--paper", action="store_true",
-                   help="add the paper's numbers (family module's PAPER_RESULTS)")
+                   help="add the paper's numbers (the family record's paper_results)")
     p.add_argument("--csv", metavar="PATH", help="write one row per (model, batch size)")
     p.add_argument("--markdown", metavar="PATH", help="write the printed table")
     p.add_argument("--paired", action="store_true",
@@ -127,36 +127,34 @@ def is_zoo_model(name):
     return name.split(".")[0] in backbones.list_zoo_models()
 
 
-def family_attr(name, attr):
-    """``attr`` of the zoo family module of ``name`` ({} for timm models or when undefined)."""
-    if not is_zoo_model(name):
-        return {}
-    return getattr(backbones.get_family_module(name), attr, {})
+def zoo_family(name):
+    """The :class:`backbones.Family` record of zoo model ``name``; None for timm models."""
+    return backbones.get_family(name) if is_zoo_model(name) else None
 
 
 def with_timm_twins(names):
     """``[(name, is_twin)]`` with timm's model of the same architecture after each zoo model that
-    has one (``TIMM_EQUIVALENTS``), and notes for those that have none."""
+    has one (the record's ``timm_equivalents``), and notes for those that have none."""
     cases, notes = [], []
     for name in names:
         cases.append((name, False))
         if not is_zoo_model(name):
             continue
-        twin = family_attr(name, "TIMM_EQUIVALENTS").get(name.split(".")[0])
+        twin = zoo_family(name).timm_equivalents.get(name.split(".")[0])
         if twin:
             cases.append((twin, True))
         else:
-            notes.append(f"--compare: timm has no twin of {name} (no TIMM_EQUIVALENTS entry)")
+            notes.append(f"--compare: timm has no twin of {name} (no timm_equivalents entry in its family record)")
     return cases, notes
 
 
 def with_official_twins(names, repos):
     """``[(name, official_repo_or_None)]``: each zoo model, then its official twin when one of
-    ``repos`` holds the file of its family's ``OFFICIAL_ENTRYPOINTS`` entry; notes for the rest."""
+    ``repos`` holds the file of its family's ``official_entrypoints`` entry; notes for the rest."""
     cases, notes = [], []
     for name in names:
         cases.append((name, None))
-        entry = family_attr(name, "OFFICIAL_ENTRYPOINTS").get(name.split(".")[0])
+        entry = zoo_family(name).official_entrypoints.get(name.split(".")[0])
         if not entry:
             notes.append(f"--official: no official entrypoint is known for {name}")
             continue
@@ -164,7 +162,7 @@ def with_official_twins(names, repos):
         found = [r for r in repos if os.path.isfile(os.path.join(r, path))]
         if not found:
             notes.append(f"--official: {name} needs {path} of "
-                         f"{family_attr(name, 'OFFICIAL_REPO') or 'its official repository'}; "
+                         f"{zoo_family(name).official_repo or 'its official repository'}; "
                          f"none of {', '.join(repos)} has it")
             continue
         cases.append((name, os.path.abspath(found[0])))
@@ -205,15 +203,14 @@ def import_official(repo, module_path):
 
 def build_official(name, repo):
     """The authors' model of zoo model ``name`` (random weights, eval mode)."""
-    family = backbones.get_family_module(name)
-    path, fn_name = family.OFFICIAL_ENTRYPOINTS[name.split(".")[0]].split(":")
+    path, fn_name = backbones.get_family(name).official_entrypoints[name.split(".")[0]].split(":")
     return getattr(import_official(repo, path), fn_name)(pretrained=False).eval()
 
 
 def official_difference(name, official):
     """Largest |official - zoo| output at batch 1 once the official model's weights are loaded
     into ours through the family's ``checkpoint_filter_fn``: both rows time the same function."""
-    family = backbones.get_family_module(name)
+    family = backbones.get_family(name)
     official = official.float().cpu().eval()
     zoo = timm.create_model(name).eval()
     zoo.load_state_dict(family.checkpoint_filter_fn(official.state_dict(), zoo))
@@ -351,7 +348,7 @@ def paired_latency(name, twin, settings):
     torch.set_num_threads(settings["threads"])
     reference = timm.create_model(twin)
     ours = timm.create_model(name)
-    filter_fn = family_attr(name, "checkpoint_filter_fn")
+    filter_fn = (zoo_family(name).checkpoint_filter_fn if is_zoo_model(name) else None)
     ours.load_state_dict(filter_fn(reference.state_dict(), ours))  # same numbers in both
     in_chans, height, width = ours.pretrained_cfg["input_size"]
     if settings["img_size"]:
@@ -388,14 +385,14 @@ def paired_latency(name, twin, settings):
 def paired_main(args, settings, names):
     pairs, notes = [], []
     for name in names:
-        twin = (family_attr(name, "TIMM_EQUIVALENTS").get(name) if is_zoo_model(name) else None)
+        twin = (zoo_family(name).timm_equivalents.get(name) if is_zoo_model(name) else None)
         if twin:
             pairs.append((name, twin))
         else:
-            notes.append(f"--paired: {name} has no timm twin (no TIMM_EQUIVALENTS entry)")
+            notes.append(f"--paired: {name} has no timm twin (no timm_equivalents entry in its family record)")
     if not pairs:
         raise SystemExit("benchmark.py: error: --paired needs zoo models with a timm twin "
-                         "(TIMM_EQUIVALENTS), e.g. halonet26t_256 or shvit_s4_256")
+                         "(timm_equivalents), e.g. halonet26t_256 or shvit_s4_256")
     rows = []
     for name, twin in tqdm(pairs, desc="paired", unit="model"):
         rows += list(paired_latency(name, twin, settings))
@@ -566,11 +563,13 @@ def memory_note(settings):
 
 
 def paper_cell(name):
-    paper = family_attr(name, "PAPER_RESULTS").get(name.split(".")[0])
+    family = zoo_family(name)
+    paper = family.paper_results.get(name.split(".")[0]) if family else None
     if not paper:
         return "–"
-    return " / ".join(f"{paper[k]}{unit}" if paper.get(k) is not None else "–"
+    cell = " / ".join(f"{getattr(paper, k)}{unit}" if getattr(paper, k) is not None else "–"
                       for k, unit in (("top1", "%"), ("params_m", "M"), ("gflops", "G")))
+    return cell if paper.verified else cell + " (unverified)"
 
 
 def _fmt(value, spec):

@@ -95,7 +95,7 @@ def build(args, raw, official):
     """``(make_model, model, state_dict)``: a function building the target architecture (called
     again for the verification model), the model and the checkpoint in zoo layout."""
     try:
-        family = backbones.get_family_module(args.model or args.family)
+        family = backbones.get_family(args.model or args.family)
     except KeyError as e:
         raise ConversionError(e.args[0]) from e
     if args.model:
@@ -120,7 +120,7 @@ def build(args, raw, official):
             return family.checkpoint_filter_fn(raw, model)
         except (ValueError, KeyError, TypeError) as e:
             raise ConversionError(
-                f"{args.checkpoint} is not a {family.__name__} checkpoint: {e}") from e
+                f"{args.checkpoint} is not a {family.name} checkpoint: {e}") from e
 
     model = make_model()
     state_dict = filtered(model)
@@ -188,7 +188,7 @@ def convert(args):
 
     tensors = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
                for k, v in model.state_dict().items()}
-    family = args.family or backbones.get_family_module(args.model).__name__.split(".")[-1]
+    family = args.family or backbones.get_family(args.model).name
     metadata = dict(format="pt", architecture=args.model or f"{family}:{type(model).__name__}",
                     family=family, num_classes=str(model.num_classes),
                     source_file=os.path.basename(args.checkpoint),

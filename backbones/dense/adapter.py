@@ -2,7 +2,7 @@
 
 The adapter returns NCHW maps with the strides and channels the model's ``feature_info`` declares,
 adds the per-stage output norms the family's official detection / segmentation backbones use
-(``DENSE_BACKBONE_KWARGS`` in the family module, per task), pads inputs up to a size the body
+(``dense_backbone_kwargs`` of the family record, per task), pads inputs up to a size the body
 accepts and crops the maps back to ``ceil(size / stride)``, and implements the two training
 switches of OpenMMLab backbones: ``frozen_stages`` and ``norm_eval``.
 """
@@ -28,8 +28,7 @@ def dense_backbone_kwargs(model_name, task):
     base = model_name.split(".")[0]
     if base not in backbones.list_zoo_models():
         return {}
-    family = backbones.get_family_module(base)
-    return dict(getattr(family, "DENSE_BACKBONE_KWARGS", {}).get(task, {}))
+    return dict(backbones.get_family(base).dense_backbone_kwargs.get(task, {}))
 
 
 class DenseBackbone(nn.Module):

@@ -266,7 +266,7 @@ def load_mmseg_checkpoint(segmentor, checkpoint, strict=True):
     model = getattr(body, "model", body)
     name = segmentor.backbone.model_name.split(".")[0]
     if name in backbones.list_zoo_models():
-        backbone_sd = backbones.get_family_module(name).checkpoint_filter_fn(
+        backbone_sd = backbones.get_family(name).checkpoint_filter_fn(
             {k: v for k, v in state.items() if k.startswith("backbone.")}, model)
     else:
         backbone_sd = {k[len("backbone."):]: v for k, v in state.items()
