@@ -44,14 +44,29 @@ def _as_tuple(x):
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
+def randn(*shape, dtype=torch.float32, seed=0):
+    """Seeded standard normal on :data:`DEVICE` (drawn in float32, then cast: every dtype sees
+    the same values up to rounding)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=gen, dtype=torch.float32).to(dtype).to(DEVICE)
+
+
+def rand(*shape, dtype=torch.float32, seed=0):
+    """Seeded uniform [0, 1) on :data:`DEVICE`, as :func:`randn`."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(*shape, generator=gen, dtype=torch.float32).to(dtype).to(DEVICE)
+
+
 def _clone_leaves(leaves, dtype, grad):
+    """Detached clones; floating ones cast to ``dtype`` (if given) and requiring grad when
+    ``grad`` is True or lists their index."""
     out = []
-    for t in leaves:
+    for i, t in enumerate(leaves):
         t = t.detach().clone()
         if t.is_floating_point():
             if dtype is not None:
                 t = t.to(dtype)
-            t.requires_grad_(grad)
+            t.requires_grad_(grad is True or (grad is not False and i in grad))
         out.append(t)
     return out
 
@@ -74,7 +89,9 @@ def assert_backends_match(op, make_inputs, *, grad=True, atol=None, rtol=None, g
     Args:
         op: ``op(*inputs, backend=name)`` returning a tensor or a tuple of tensors.
         make_inputs: zero-argument callable returning the leaf tensor(s).
-        grad: also compare gradients of every floating leaf under a random upstream gradient.
+        grad: also compare gradients of every floating leaf under a random upstream gradient;
+            a collection of leaf indices differentiates those leaves only (the others take no
+            gradient, as when a caller freezes some inputs).
         atol, rtol, grad_atol, grad_rtol: override :func:`default_tolerances` of the candidate's
             dtype. A value passes when ``|cand - ref| <= atol + rtol * |ref|``.
         reference_dtype: run the reference on leaves cast to this dtype (e.g. float32 to judge an
@@ -106,14 +123,15 @@ def assert_backends_match(op, make_inputs, *, grad=True, atol=None, rtol=None, g
         return cache["g"]
 
     ref_name, cand_name = backends
+    differentiate = upstream if grad is not False else None
     cand_out, cand_grads, cand_leaves = _run(
-        op, _clone_leaves(leaves, None, grad), cand_name, upstream if grad else None)
+        op, _clone_leaves(leaves, None, grad), cand_name, differentiate)
     ref_out, ref_grads, _ = _run(
-        op, _clone_leaves(leaves, reference_dtype, grad), ref_name, upstream if grad else None)
+        op, _clone_leaves(leaves, reference_dtype, grad), ref_name, differentiate)
 
     pairs = [(f"out[{i}]" if len(cand_out) > 1 else "out", c, r, o_atol, o_rtol)
              for i, (c, r) in enumerate(zip(cand_out, ref_out))]
-    if grad:
+    if grad is not False:
         names = [f"grad[{i}]" for i, t in enumerate(cand_leaves) if t.requires_grad]
         pairs += [(n, c, r, g_atol, g_rtol) for n, c, r in zip(names, cand_grads, ref_grads)]
 
@@ -148,15 +166,19 @@ def assert_backends_match(op, make_inputs, *, grad=True, atol=None, rtol=None, g
 
 def assert_compiles_like_eager(loss_fn, make_leaves):
     """``torch.compile(loss_fn, fullgraph=True)`` (no graph break allowed) gives eager's scalar loss
-    and eager's gradients for every leaf ``make_leaves()`` returns (called twice: fresh leaves)."""
+    and eager's gradients for every leaf ``make_leaves()`` returns that requires grad (called
+    twice: fresh leaves). Without such a leaf only the losses are compared."""
     torch._dynamo.reset()
     compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
     eager_leaves, compiled_leaves = make_leaves(), make_leaves()
     eager, result = loss_fn(*eager_leaves), compiled(*compiled_leaves)
     torch.testing.assert_close(result, eager)
+    pairs = [(a, b) for a, b in zip(eager_leaves, compiled_leaves) if a.requires_grad]
+    if not pairs:
+        return
     eager.backward()
     result.backward()
-    for a, b in zip(eager_leaves, compiled_leaves):
+    for a, b in pairs:
         torch.testing.assert_close(b.grad, a.grad)
 
 

@@ -1,6 +1,8 @@
 """ops.halo_attention_2d: the reference against timm's HaloAttn (outputs and gradients, incl. the
 relative-position tables), the zero-padded-keys-participate semantics, validation, and the Triton
-path against the reference (forward and backward) plus its custom-op registration.
+path against the reference (forward and backward). The checks every op shares (opcheck,
+torch.compile, fp16 / bf16, partial gradients, empty batch, fx, fvcore, ...) run from op_cases.py
+in test_op_contract.py.
 
 Shapes stay tiny: without a GPU the Triton path runs in the interpreter.
 """
@@ -10,7 +12,7 @@ from timm.layers.halo_attn import HaloAttn
 
 import ops
 from ops.halo_attention import halo_attention_macs
-from harness import DEVICE, assert_backends_match, assert_compiles_like_eager, fvcore_totals
+from harness import DEVICE, assert_backends_match, fvcore_totals
 
 
 def _randn(*shape, dtype=torch.float32, seed=0):
@@ -216,7 +218,6 @@ def test_macs_by_hand():
 # --------------------------------------------------------------------------- Triton vs reference
 
 from ops import _triton_blocksparse as tri  # noqa: E402
-from ops import _triton_halo_attention as halo_triton  # noqa: E402
 
 
 def _halo_op(bs, halo, stride, spe=False, scale=None):
@@ -263,12 +264,6 @@ def test_triton_small_tiles(monkeypatch):
                           _halo_inputs(1, 1, 12, 6, 8, 4, 6, 1, 2, True))
 
 
-def test_triton_half_precision():
-    assert_backends_match(_halo_op(8, 2, 2), _halo_inputs(1, 2, 16, 16, 16, 16, 8, 2, 2, True,
-                                                          dtype=torch.float16),
-                          reference_dtype=torch.float32)
-
-
 @pytest.mark.parametrize("cfg, grid", [TIMM_CONFIGS[1], TIMM_CONFIGS[5]], ids=["s1", "s2"])
 def test_triton_timm_layer(cfg, grid):
     m = _timm_layer(dtype=torch.float32, **cfg)
@@ -276,40 +271,9 @@ def test_triton_timm_layer(cfg, grid):
     torch.testing.assert_close(_via_op(m, x, backend="triton"), m(x), atol=1e-5, rtol=1e-5)
 
 
-def test_opcheck_custom_ops():
-    q, kv = _halo_inputs(1, 2, 8, 8, 8, 4, 4, 1, 2, False)()
-    k, v = kv[..., :8], kv[..., 8:]
-    rel = [_randn(11, 8, seed=s).requires_grad_() for s in (5, 6)]
-    for t in (q, k, v):
-        t.requires_grad_()
-    tests = ("test_schema", "test_autograd_registration", "test_faketensor")
-    torch.library.opcheck(halo_triton._halo_attention_fwd_op, (q, k, v, None, None, 4, 1, 2, 0.3, True),
-                          test_utils=tests)
-    rh = (q @ rel[0].T).detach().requires_grad_()
-    rw = (q @ rel[1].T).detach().requires_grad_()
-    torch.library.opcheck(halo_triton._halo_attention_fwd_op, (q, k, v, rh, rw, 4, 1, 2, 0.3, True),
-                          test_utils=tests)
-
-
-@pytest.mark.parametrize("backend", ["reference", "triton"])
-def test_compile_fullgraph_matches_eager(backend):
-    def layer(q, kv, rel_h, rel_w):
-        out = ops.halo_attention_2d(q, kv[..., :8], kv[..., 8:], 4, 1, stride=2,
-                                    rel_pos=(rel_h, rel_w), backend=backend)
-        return out.permute(0, 2, 3, 1, 4).flatten(3).square().sum()
-
-    def inputs():
-        return [t.requires_grad_() for t in _halo_inputs(1, 2, 8, 8, 8, 4, 4, 1, 2, True)()]
-
-    assert_compiles_like_eager(layer, inputs)
-
-
-def test_default_backend_on_cpu_is_reference():
-    if DEVICE.type == "cpu":
-        assert ops.current_default_backend() == "reference"
-
-
-def test_fvcore_counts_both_paths_alike():
+def test_fvcore_counts_timm_layer_alike():
+    """A whole timm HaloAttn layer (projections, the op on kv slices, pooling) counts the same on
+    both paths (the op alone: test_op_contract.py)."""
     class Layer(torch.nn.Module):
         def __init__(self):
             super().__init__()

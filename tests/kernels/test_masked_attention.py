@@ -1,7 +1,8 @@
 """ops.masked_attention (Sparsifiner's sparse attention): the reference against a naive explicit
 softmax in float64 (Sparsifiner's ``masked_fill(~mask, -inf)`` + softmax + ``nan_to_num``), the
 mask helpers, the Triton path against the reference (forward and backward, bool and packed
-masks), the custom ops (opcheck, torch.compile) and input validation.
+masks) and input validation. The checks every op shares (opcheck, torch.compile, fp16 / bf16,
+partial gradients, empty batch, fx, fvcore, ...) run from op_cases.py in test_op_contract.py.
 
 Shapes stay tiny: without a GPU the Triton path runs in the interpreter (~ms per program).
 """
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 import ops
-from harness import DEVICE, assert_backends_match, assert_compiles_like_eager, fvcore_totals
+from harness import DEVICE, assert_backends_match
 
 
 def _randn(*shape, dtype=torch.float32, seed=0):
@@ -180,15 +181,6 @@ def test_macs_by_hand():
     assert macs == 2 * 6 * 64 * (197 + 196 * 50)  # the spec's 2 h d (N + (N-1) b) = 7.7 M
 
 
-def test_default_backend_on_cpu_is_reference():
-    if DEVICE.type != "cpu":
-        pytest.skip("CPU default")
-    q = _randn(1, 1, 5, 4)
-    m = _mask(1, 1, 5, 5, density=0.6)
-    torch.testing.assert_close(ops.masked_attention(q, q, q, m),
-                               ops.masked_attention(q, q, q, m, backend="reference"))
-
-
 # --------------------------------------------------------------------------- triton vs reference
 
 
@@ -269,13 +261,6 @@ def test_triton_output_layout_is_token_major():
     assert out.transpose(1, 2).is_contiguous()
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_triton_half_precision(dtype):
-    m = _mask(1, 2, 37, 50, density=0.3, empty_rows=[(0, 1, 3)])
-    assert_backends_match(_ma_op(ops.pack_mask(m)), _inputs(1, 2, 37, 50, 16, dtype=dtype),
-                          reference_dtype=torch.float32)
-
-
 def test_triton_fully_masked_rows_zero_grads():
     q, k, v = (t.requires_grad_() for t in _inputs(1, 2, 20, 20, 16)())
     m = torch.ones(1, 1, 20, 20, dtype=torch.bool)
@@ -285,79 +270,3 @@ def test_triton_fully_masked_rows_zero_grads():
     g = torch.autograd.grad(out.square().sum(), (q, k, v))
     assert all(not t.isnan().any() for t in g)
     assert g[0][:, :, 7].abs().max() == 0
-
-
-def test_triton_grad_of_some_inputs_only():
-    q, k, v = _inputs(1, 1, 21, 19, 16)()
-    m = _mask(1, 1, 21, 19, density=0.4)
-    q.requires_grad_()
-    out = ops.masked_attention(q, k, v, m, backend="triton")
-    (g,) = torch.autograd.grad(out.square().sum(), q)
-    q2 = q.detach().clone().requires_grad_()
-    ref = ops.masked_attention(q2, k, v, m, backend="reference")
-    (g2,) = torch.autograd.grad(ref.square().sum(), q2)
-    torch.testing.assert_close(g, g2, atol=5e-5, rtol=1e-4)
-
-
-def test_triton_no_grad_forward():
-    q, k, v = _inputs(1, 2, 13, 15, 16)()
-    m = _mask(1, 2, 13, 15, density=0.4)
-    with torch.no_grad():
-        out = ops.masked_attention(q, k, v, m, backend="triton")
-    torch.testing.assert_close(out, ops.masked_attention(q, k, v, m, backend="reference"),
-                               atol=2e-5, rtol=1e-4)
-
-
-def test_triton_rejects_unsupported():
-    q = _randn(1, 1, 5, 8, dtype=torch.float64)
-    with pytest.raises(TypeError, match="float32"):
-        ops.masked_attention(q, q, q, torch.ones(1, 1, 5, 5, dtype=torch.bool), backend="triton")
-
-
-# --------------------------------------------------------------------------- custom ops
-
-
-@pytest.mark.parametrize("packed", [False, True])
-def test_opcheck_custom_ops(packed):
-    from ops import _triton_masked_attention as tri
-    q, k, v = (t.requires_grad_() for t in _inputs(1, 2, 11, 13, 16, 8)())
-    m = _mask(1, 2, 11, 13, density=0.4, empty_rows=[(0, 1, 2)])
-    mask = ops.pack_mask(m) if packed else m
-    torch.library.opcheck(tri._masked_attention_fwd_op, (q, k, v, mask, 0.25, True),
-                          test_utils=("test_schema", "test_autograd_registration",
-                                      "test_faketensor"))
-    out, lse = tri._masked_attention_fwd_op(q, k, v, mask, 0.25, True)
-    torch.library.opcheck(tri._masked_attention_bwd_op,
-                          (torch.randn_like(out), q.detach(), k.detach(), v.detach(), mask,
-                           out.detach(), lse, 0.25, True, True),
-                          test_utils=("test_schema", "test_faketensor"))
-
-
-@pytest.mark.parametrize("backend", ["reference", "triton"])
-def test_compile_fullgraph_matches_eager(backend):
-    m = ops.pack_mask(_mask(1, 2, 13, 15, density=0.4, empty_rows=[(0, 0, 3)]))
-
-    def layer(q, k, v):
-        out = ops.masked_attention(q, k, v, m, backend=backend)
-        return out.transpose(1, 2).flatten(2).square().sum()
-
-    def leaves():
-        return [t.requires_grad_() for t in _inputs(1, 2, 13, 15, 16, 8)()]
-
-    assert_compiles_like_eager(layer, leaves)
-
-
-def test_fvcore_counts_both_paths_alike():
-    class Layer(torch.nn.Module):
-        def __init__(self, mask):
-            super().__init__()
-            self.register_buffer("mask", mask)
-
-        def forward(self, q, k, v):
-            return ops.masked_attention(q, k, v, self.mask)
-
-    q, k, v = (torch.randn(1, 2, 13, d) for d in (16, 16, 8))
-    layer = Layer(torch.rand(1, 2, 13, 13) > 0.5)
-    totals = fvcore_totals(layer, (q, k, v))
-    assert totals["reference"] == totals["triton"] == ops.masked_attention_macs(
-        q.shape, k.shape, v.shape)

@@ -1,6 +1,7 @@
 """ops.neighborhood_attention_2d: the reference against a naive per-query loop written from NATTEN's
-documented neighborhood rule (clamped windows on the dilation sub-grid), the Triton path against the reference (forward and backward), the custom
-ops (opcheck, torch.compile) and input validation.
+documented neighborhood rule (clamped windows on the dilation sub-grid), the Triton path against the reference (forward and backward) and input validation. The checks every op shares (opcheck,
+torch.compile, fp16 / bf16, partial gradients, empty batch, fx, fvcore, ...) run from op_cases.py
+in test_op_contract.py.
 
 Shapes stay tiny: without a GPU the Triton path runs in the interpreter (~ms per program).
 """
@@ -9,7 +10,7 @@ import torch
 
 import ops
 from ops.neighborhood_attention import neighborhood_index, neighborhood_starts
-from harness import DEVICE, assert_backends_match, assert_compiles_like_eager, fvcore_totals
+from harness import DEVICE, assert_backends_match
 
 
 def _randn(*shape, dtype=torch.float32, seed=0):
@@ -157,14 +158,6 @@ def test_macs_by_hand():
         == 49 * 49 * 16
 
 
-def test_default_backend_on_cpu_is_reference():
-    if DEVICE.type != "cpu":
-        pytest.skip("CPU default")
-    q = _randn(1, 1, 5, 5, 4)
-    out = ops.neighborhood_attention_2d(q, q, q, 3)
-    torch.testing.assert_close(out, ops.neighborhood_attention_2d(q, q, q, 3, backend="reference"))
-
-
 # --------------------------------------------------------------------------- triton vs reference
 
 
@@ -223,73 +216,3 @@ def test_triton_strided_qkv_views():
                                              backend=backend)
 
     assert_backends_match(op, lambda: _randn(B, H, W, 3 * heads * d, seed=5))
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_triton_half_precision(dtype):
-    assert_backends_match(_na_op(3, 2), _qkv_inputs(1, 2, 9, 8, 16, dtype=dtype),
-                          reference_dtype=torch.float32)
-
-
-def test_triton_grad_of_some_inputs_only():
-    q, k, v = _qkv_inputs(1, 1, 7, 6, 16)()
-    q.requires_grad_()
-    out = ops.neighborhood_attention_2d(q, k, v, 3, backend="triton")
-    (g,) = torch.autograd.grad(out.square().sum(), q)
-    q2 = q.detach().clone().requires_grad_()
-    ref = ops.neighborhood_attention_2d(q2, k, v, 3, backend="reference")
-    (g2,) = torch.autograd.grad(ref.square().sum(), q2)
-    torch.testing.assert_close(g, g2, atol=5e-5, rtol=1e-4)
-
-
-def test_triton_no_grad_forward():
-    q, k, v = _qkv_inputs(1, 2, 6, 7, 16)()
-    with torch.no_grad():
-        out = ops.neighborhood_attention_2d(q, k, v, 5, backend="triton")
-    torch.testing.assert_close(out, ops.neighborhood_attention_2d(q, k, v, 5, backend="reference"),
-                               atol=2e-5, rtol=1e-4)
-
-
-def test_triton_rejects_unsupported():
-    q = _randn(1, 1, 5, 5, 8, dtype=torch.float64)
-    with pytest.raises(TypeError, match="float32"):
-        ops.neighborhood_attention_2d(q, q, q, 3, backend="triton")
-
-
-# --------------------------------------------------------------------------- custom ops
-
-
-def test_opcheck_custom_ops():
-    from ops import _triton_neighborhood_attention as tri
-    q, k, v = (t.requires_grad_() for t in _qkv_inputs(1, 2, 6, 5, 16, 8)())
-    torch.library.opcheck(tri._neighborhood_attention_fwd_op, (q, k, v, 3, 3, 2, 1, 0.25, True),
-                          test_utils=("test_schema", "test_autograd_registration",
-                                      "test_faketensor"))
-    out, lse = tri._neighborhood_attention_fwd_op(q, k, v, 3, 3, 2, 1, 0.25, True)
-    torch.library.opcheck(tri._neighborhood_attention_bwd_op,
-                          (torch.randn_like(out), q.detach(), k.detach(), v.detach(),
-                           out.detach(), lse, 3, 3, 2, 1, 0.25, True, True),
-                          test_utils=("test_schema", "test_faketensor"))
-
-
-@pytest.mark.parametrize("backend", ["reference", "triton"])
-def test_compile_fullgraph_matches_eager(backend):
-    def layer(q, k, v):
-        out = ops.neighborhood_attention_2d(q, k, v, (3, 5), dilation=(2, 1), backend=backend)
-        return out.permute(0, 2, 3, 1, 4).flatten(3).square().sum()
-
-    def leaves():
-        return [t.requires_grad_() for t in _qkv_inputs(1, 2, 7, 6, 16, 8)()]
-
-    assert_compiles_like_eager(layer, leaves)
-
-
-def test_fvcore_counts_both_paths_alike():
-    class Layer(torch.nn.Module):
-        def forward(self, q, k, v):
-            return ops.neighborhood_attention_2d(q, k, v, (3, 5), dilation=(2, 1))
-
-    q, k, v = (_randn(1, 2, 9, 8, d, seed=s) for d, s in ((16, 0), (16, 1), (8, 2)))
-    totals = fvcore_totals(Layer(), (q, k, v))
-    assert totals["reference"] == totals["triton"] == ops.neighborhood_attention_macs(
-        q.shape, v.shape, (3, 5))

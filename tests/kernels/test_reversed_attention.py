@@ -1,7 +1,8 @@
 """ops.reversed_attention (DependencyViT): the reference against a naive fp64 loop written from the
 timm PR #2062 formula (``A_R = softmax(q kᵀ · scale, -1)ᵀ * p * m``, ``out = A_R @ v``), its
-gradients (gradcheck), the Triton path against the reference (forward and backward), the custom
-ops (opcheck, torch.compile) and input validation.
+gradients (gradcheck), the Triton path against the reference (forward and backward) and input
+validation. The checks every op shares (opcheck, torch.compile, fp16 / bf16, partial gradients,
+empty batch, fx, fvcore, ...) run from op_cases.py in test_op_contract.py.
 
 Shapes stay tiny: without a GPU the Triton path runs in the interpreter (~ms per program).
 """
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 import ops
-from harness import DEVICE, assert_backends_match, assert_compiles_like_eager, fvcore_totals
+from harness import DEVICE, assert_backends_match
 
 
 def _randn(*shape, dtype=torch.float32, seed=0):
@@ -158,14 +159,6 @@ def test_macs_by_hand():
     assert ops.reversed_attention_macs((2, 3, 196, 16), (2, 3, 196, 8)) == 2 * 3 * 196 * 196 * 24
 
 
-def test_default_backend_on_cpu_is_reference():
-    if DEVICE.type != "cpu":
-        pytest.skip("CPU default")
-    q = _randn(1, 1, 5, 4)
-    torch.testing.assert_close(ops.reversed_attention(q, q, q),
-                               ops.reversed_attention(q, q, q, backend="reference"))
-
-
 # --------------------------------------------------------------------------- triton vs reference
 
 
@@ -234,69 +227,10 @@ def test_triton_strided_qkv_views():
                                        _rand(B, L, heads, seed=6)))
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_triton_half_precision(dtype):
-    assert_backends_match(_op(), _inputs(1, 2, 37, 16, dtype=dtype),
-                          reference_dtype=torch.float32)
-
-
-def test_triton_grad_of_some_inputs_only():
-    q, k, v, w = _inputs(1, 1, 21, 16)()
-    q.requires_grad_()
-    out = ops.reversed_attention(q, k, v, w, backend="triton")
-    (g,) = torch.autograd.grad(out.square().sum(), q)
-    q2 = q.detach().clone().requires_grad_()
-    ref = ops.reversed_attention(q2, k, v, w, backend="reference")
-    (g2,) = torch.autograd.grad(ref.square().sum(), q2)
-    torch.testing.assert_close(g, g2, atol=5e-5, rtol=1e-4)
-
-
-def test_triton_no_grad_forward():
+def test_triton_no_grad_forward_with_scores():
     q, k, v, w = _inputs(1, 2, 26, 16)()
     with torch.no_grad():
         out, mask = ops.reversed_attention(q, k, v, w, return_scores=True, backend="triton")
     ref, ref_mask = ops.reversed_attention(q, k, v, w, return_scores=True, backend="reference")
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(mask, ref_mask, atol=2e-5, rtol=1e-4)
-
-
-# --------------------------------------------------------------------------- custom ops
-
-
-def test_opcheck_custom_ops():
-    from ops import _triton_reversed_attention as tri
-    q, k, v, w = (t.requires_grad_() for t in _inputs(1, 2, 21, 16, 8)())
-    for weights, scores in ((w, True), (None, False)):
-        torch.library.opcheck(tri._reversed_attention_fwd_op, (q, k, v, weights, 0.25, scores),
-                              test_utils=("test_schema", "test_autograd_registration",
-                                          "test_faketensor"))
-    out, _, lse = tri._reversed_attention_fwd_op(q, k, v, w, 0.25, False)
-    torch.library.opcheck(tri._reversed_attention_bwd_op,
-                          (torch.randn_like(out), q.detach(), k.detach(), v.detach(),
-                           w.detach(), lse, 0.25),
-                          test_utils=("test_schema", "test_faketensor"))
-
-
-@pytest.mark.parametrize("backend", ["reference", "triton"])
-def test_compile_fullgraph_matches_eager(backend):
-    def layer(q, k, v, p, m):
-        out = ops.reversed_attention(q, k, v, p * m[:, None, :], backend=backend)
-        return out.transpose(1, 2).flatten(2).square().sum()
-
-    def leaves():
-        q, k, v, p = _inputs(1, 2, 19, 16, 8)()
-        m = _rand(1, 19, seed=9)
-        return [t.requires_grad_() for t in (q, k, v, p, m)]
-
-    assert_compiles_like_eager(layer, leaves)
-
-
-def test_fvcore_counts_both_paths_alike():
-    class Layer(torch.nn.Module):
-        def forward(self, q, k, v, w):
-            return ops.reversed_attention(q, k, v, w)
-
-    q, k = (_randn(1, 2, 23, 16, seed=s) for s in (0, 1))
-    v, w = _randn(1, 2, 23, 8, seed=2), _rand(1, 2, 23, seed=3)
-    totals = fvcore_totals(Layer(), (q, k, v, w))
-    assert totals["reference"] == totals["triton"] == ops.reversed_attention_macs(q.shape, v.shape)

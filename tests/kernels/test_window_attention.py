@@ -1,5 +1,7 @@
 """ops.window_attention_2d: the reference against a hand-written definition, the Triton path
-against the reference (forward and backward), backend selection and input validation.
+against the reference (forward and backward), backend selection, input validation and FLOP
+counting. The checks every op shares (opcheck, torch.compile, fp16 / bf16 in both padding modes,
+partial gradients, empty batch, fx, fvcore, ...) run from op_cases.py in test_op_contract.py.
 
 Shapes stay tiny: without a GPU the Triton path runs in the interpreter (~ms per program).
 """
@@ -13,7 +15,7 @@ from ops import _backend
 from ops import _triton_blocksparse as tri
 from ops import _triton_window_attention as window_triton
 from ops.window_attention import window_attention_reference
-from harness import DEVICE, assert_backends_match
+from harness import DEVICE, assert_backends_match, fvcore_totals
 
 
 def _randn(*shape, dtype=torch.float32, seed=0):
@@ -176,10 +178,13 @@ def test_triton_output_storage_is_token_major():
     assert out.permute(0, 2, 3, 1, 4).reshape(1, 36, 32).data_ptr() == out.data_ptr()
 
 
-@pytest.mark.parametrize("window", [(4, 4), None])  # one key block (fused dQ) or several
 @pytest.mark.parametrize("which", [0, 2])
-def test_triton_partial_requires_grad_and_no_grad(which, window, monkeypatch):
+def test_triton_partial_requires_grad_and_no_grad(which, monkeypatch):
+    # 16-token blocks: the 5x6 grid as one window spans two key blocks, so dQ is not fused into
+    # the dK/dV pass and need_dq / need_dkdv select separate kernels. Windows of one key block
+    # (fused dQ) get the same check in test_op_contract.py (its window_attention_2d case).
     monkeypatch.setattr(tri, "_BLOCK_CAP", 16)
+    window = None
     inputs = list(_qkv_inputs(1, 1, 5, 6, 16)())
     x = inputs[which].requires_grad_(True)
     out = ops.window_attention_2d(*inputs, window, backend="triton")
@@ -193,31 +198,11 @@ def test_triton_partial_requires_grad_and_no_grad(which, window, monkeypatch):
                                    ref.detach(), atol=2e-5, rtol=1e-4)
 
 
-def test_triton_empty_batch():
-    q, k, v = _qkv_inputs(0, 2, 4, 4, 16)()
-    assert ops.window_attention_2d(q, k, v, (2, 2), backend="triton").shape == (0, 2, 4, 4, 16)
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("padding", ["zeros", "masked"])
-def test_triton_low_precision(dtype, padding):
-    grid, window = (7, 9), (4, 4)
-    op = _window_op(window, ops.centered_window_offset(grid, window), padding)
-    inputs = _qkv_inputs(2, 1, *grid, 16, dtype=dtype)
-    assert_backends_match(op, inputs, reference_dtype=torch.float32)
-
-
 def test_triton_custom_scale():
     assert_backends_match(_window_op((4, 4), scale=0.71), _qkv_inputs(1, 1, 6, 6, 8))
 
 
 # --------------------------------------------------------------------------- unsupported inputs
-
-
-def test_triton_rejects_float64():
-    q, k, v = _qkv_inputs(1, 1, 4, 4, 16, dtype=torch.float64)()
-    with pytest.raises(TypeError, match="backend='reference'"):
-        ops.window_attention_2d(q, k, v, (2, 2), backend="triton")
 
 
 def test_triton_rejects_head_dim_above_256():
@@ -324,3 +309,30 @@ def test_input_validation(mutate, kwargs, error, match, backend):
     kwargs = {"window_size": (2, 2), **kwargs}
     with pytest.raises(error, match=match):
         ops.window_attention_2d(q, k, v, backend=backend, **kwargs)
+
+
+# --------------------------------------------------------------------------- FLOP counting
+
+
+def test_fvcore_counts_cswin_alike():
+    """A whole CSWin (stripes of every width, the full grid, the SDPA handle for the rest) counts
+    the same on both paths (the op alone: test_op_contract.py)."""
+    import timm
+
+    import backbones  # noqa: F401  (registers the zoo's models with timm)
+
+    model = timm.create_model("cswin_tiny_224", embed_dim=16, depths=(1, 1, 1, 1),
+                              num_heads=(2, 2, 4, 4), split_sizes=(1, 2, 7, None)).eval()
+    totals = fvcore_totals(model, torch.randn(1, 3, 72, 96))
+    assert totals["reference"] == totals["triton"] > 0
+
+
+def test_window_attention_macs_by_hand():
+    # 2 heads, 7x5 grid, windows 4x2 with offset (1, 0): 2 x 3 windows of 8 tokens.
+    assert ops.flops.window_attention_macs((1, 2, 7, 5, 16), (1, 2, 7, 5, 8), (4, 2), (1, 0)) \
+        == 1 * 2 * 6 * 8 * 8 * (16 + 8)
+    assert ops.flops.sdpa_macs((2, 3, 10, 16), (2, 3, 12, 16), (2, 3, 12, 8)) == 6 * 10 * 12 * 24
+    # broadcast batch dims, and grouped-query heads (q's head count)
+    assert ops.flops.sdpa_macs((2, 4, 3, 10, 8), (1, 4, 3, 12, 8), (1, 4, 3, 12, 16)) \
+        == 2 * 4 * 3 * 10 * 12 * (8 + 16)
+    assert ops.flops.sdpa_macs((2, 8, 10, 8), (2, 2, 12, 8), (2, 2, 12, 8)) == 2 * 8 * 10 * 12 * 16
