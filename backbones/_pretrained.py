@@ -192,11 +192,13 @@ def resolve_checkpoint_file(model_name, pretrained_cfg, cache_dir=None, progress
         if isinstance(e, urllib.error.HTTPError):
             reason = f"HTTP {e.code} {e.reason}"
         else:
-            reason = getattr(e, "reason", None) or e
+            reason = f"{type(e).__name__}: {getattr(e, 'reason', None) or e}"
+        # from None: the cause is the one line above; its chained traceback (urllib's and
+        # http.client's frames) would bury this message at the end of ~75 lines
         raise PretrainedWeightsError(
             f"could not download the pretrained weights of {model_name} from {url}: {reason}.\n"
             f"Offline, behind a proxy, or if the link moved:\n"
-            f"{_how_to_fix(model_name, url, cached_file)}") from e
+            f"{_how_to_fix(model_name, url, cached_file)}") from None
 
     problem = None
     try:

@@ -8,6 +8,7 @@ import argparse
 import http.server
 import socket
 import threading
+import traceback
 
 import pytest
 import torch
@@ -136,6 +137,11 @@ def test_refused_connection_names_url_cache_and_overlay(tmp_path):
     assert str(tmp_path / "cswin_tiny_224.pth") in message
     assert "pretrained_cfg_overlay=dict(file=" in message
     assert not list(tmp_path.iterdir()), "a failed download must leave nothing in the cache"
+    # the cause is one line of the message, not a chained traceback printed above it
+    assert "URLError: " in message and "refused" in message.lower()
+    printed = "".join(traceback.format_exception(info.value))
+    assert "During handling of the above exception" not in printed
+    assert "direct cause" not in printed and "urllib" not in printed.replace(url, "")
 
 
 def test_connection_cut_mid_download(server, official_checkpoint, tmp_path):

@@ -128,6 +128,113 @@ def test_resume_continues_exactly(tmp_path):
         torch.testing.assert_close(v, resumed.model.net.state_dict()[k], rtol=0, atol=0)
 
 
+DIGITS_RECIPE = ROOT / "configs" / "digits" / "cswin_digits.py"
+# The README's main job (2 persistent loader workers, EMA, drop path, label smoothing, scale
+# jitter, a 3-epoch warm-up, validation every epoch), on a smaller model, 3 steps per epoch and
+# 3 epochs: stopping after epoch 1 stops inside the warm-up.
+RECIPE_SHAPE = [DIGITS_RECIPE, "--model-kwargs", "embed_dim=16", "depths=(1,1,1,1)",
+                "num_heads=(2,2,2,2)", "split_sizes=(1,2,2,None)", "--epochs", "3",
+                "--batch-size", "32", "--max-train-steps", "3", "--log-interval", "1"]
+KILL_MID_EPOCH_2 = """
+import os, signal, sys
+sys.path[:0] = [{root!r}, {tools!r}]
+from mmengine.hooks import Hook
+import backbones.training.engine as engine
+
+class KillMidEpoch2(Hook):
+    priority = "LOWEST"
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if runner.epoch == 1 and batch_idx == 1:  # the 2nd of 3 steps of the 2nd epoch
+            os.kill(os.getpid(), signal.SIGKILL)
+
+build_runner = engine.build_runner
+
+def build_and_arm(cfg):
+    runner = build_runner(cfg)
+    runner.register_hook(KillMidEpoch2())
+    return runner
+
+engine.build_runner = build_and_arm
+import train
+train.main(sys.argv[1:])
+"""
+
+
+def _assert_same_weights(a, b):
+    from safetensors.torch import load_file
+    a, b = load_file(a), load_file(b)
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"{len(differ)} of {len(a)} tensors differ, e.g. {differ[:3]}"
+
+
+@pytest.mark.slow
+def test_resume_of_the_readme_recipe_is_bit_exact(tmp_path):
+    """The digits recipe's shape stopped after epoch 1 (inside the warm-up) and resumed with
+    --resume auto ends with the unbroken run's weights, bit for bit: after a clean
+    --stop-after-epochs and after a SIGKILL in the middle of epoch 2."""
+    def run(name, *extra):
+        return _train(RECIPE_SHAPE + ["--output", tmp_path / name, "--experiment", "job", *extra])
+
+    unbroken = run("unbroken")
+    assert unbroken.zoo["total_epochs"] == 3 and unbroken.cfg.workers == 2
+    assert unbroken.cfg.warmup_epochs == 3 and unbroken.cfg.model_ema and unbroken.cfg.drop_path
+    final = tmp_path / "unbroken" / "job" / "cswin_tiny_224.safetensors"
+
+    run("stopped", "--stop-after-epochs", "1")
+    assert not (tmp_path / "stopped" / "job" / "epoch_2.pth").exists()
+    resumed = run("stopped", "--resume", "auto")
+    assert resumed.epoch == 3
+    _assert_same_weights(final, tmp_path / "stopped" / "job" / "cswin_tiny_224.safetensors")
+    live = unbroken.model.net.state_dict()
+    for k, v in resumed.model.net.state_dict().items():
+        assert torch.equal(v, live[k]), k
+
+    env = dict(os.environ,
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    code = KILL_MID_EPOCH_2.format(root=str(ROOT), tools=str(ROOT / "tools"))
+    argv = [str(a) for a in RECIPE_SHAPE + ["--output", tmp_path / "killed", "--experiment", "job"]]
+    # output to a file, not a pipe: the orphaned loader workers would hold a pipe open
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.run([sys.executable, "-c", code, *argv], env=env, stdout=log,
+                              stderr=subprocess.STDOUT, timeout=300)
+    assert proc.returncode == -9, (tmp_path / "killed.log").read_text()[-3000:]
+    job = tmp_path / "killed" / "job"
+    assert (job / "epoch_1.pth").is_file() and not (job / "epoch_2.pth").exists()
+    assert (job / "last_checkpoint").read_text().strip().endswith("epoch_1.pth")
+    run("killed", "--resume", "auto")
+    _assert_same_weights(final, job / "cswin_tiny_224.safetensors")
+
+
+def test_augmentation_draws_do_not_depend_on_the_loader_workers(tmp_path):
+    """A sample's augmentation is a function of (seed, epoch, position): epoch 2's first batch
+    from persistent workers that already served epoch 1 equals a fresh loader's in the
+    training process, and loading it leaves the training process's RNG streams untouched."""
+    from backbones.training.engine import build_runner
+
+    def loader(workers):
+        cfg = _cfg(RECIPE_SHAPE + ["--workers", workers, "--output", tmp_path / str(workers)])
+        return build_runner(cfg).train_loop.dataloader
+
+    def first_batch(loader, epoch):
+        loader.sampler.set_epoch(epoch)
+        return next(iter(loader))
+
+    persistent = loader(2)
+    assert persistent.persistent_workers
+    epoch1 = first_batch(persistent, 0)
+    epoch2 = first_batch(persistent, 1)
+    in_process = loader(0)
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    fresh = first_batch(in_process, 1)
+    # the loader's own generator gives the worker base seed; the per-sample seeding is undone
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert torch.equal(epoch2[0], fresh[0]) and torch.equal(epoch2[1], fresh[1])
+    assert not torch.equal(epoch1[0], epoch2[0])
+
+
 def _torchrun(args, timeout=300):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
@@ -169,6 +276,42 @@ def test_fsdp_two_cpu_processes_resume_exactly(tmp_path):
     ckpt = torch.load(tmp_path / "job" / "epoch_2.pth", map_location="cpu", weights_only=False)
     net = timm.create_model("cswin_tiny_224", num_classes=10, **TINY_KWARGS)
     net.load_state_dict({k[4:]: v for k, v in ckpt["state_dict"].items()})
+
+
+def test_progress_bar_owns_the_console_and_exports_are_ordinary_files(tmp_path, capsys):
+    runner = _train(TINY + FAST + ["--output", tmp_path, "--experiment", "console", "--epochs",
+                                   "1", "--max-train-steps", "3"])
+    out = capsys.readouterr().out
+    log = open(glob.glob(str(Path(runner.work_dir) / "*" / "*.log"))[0]).read()
+    # mmengine's every-interval lines (--log-interval 1) and its validation line reach the log
+    # file, not the console: there, a bar per epoch and the one-line summary
+    assert "Epoch(train) [1][3/3]" in log and "Epoch(val) [1]" in log
+    assert "Epoch(train)" not in out and "Epoch(val)" not in out
+    assert "epoch 1/1 | train loss" in out and "val top1" in out and "done in" in out
+    assert f"work dir: {runner.work_dir}" in out and "config:" not in out
+    # the console is whole again once the run ends
+    runner.logger.info("after the run")
+    assert "after the run" in capsys.readouterr().out
+    export = Path(runner.work_dir) / "cswin_tiny_224.safetensors"
+    checkpoint = Path(runner.work_dir) / "epoch_1.pth"
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert export.stat().st_mode & 0o777 == 0o666 & ~umask == checkpoint.stat().st_mode & 0o777
+
+
+def test_head_init_scale_scales_the_initial_classifier(tmp_path):
+    from backbones.training.engine import create_net, scale_head_init
+    torch.manual_seed(0)
+    plain = create_net(_cfg(TINY + ["--output", tmp_path]))
+    torch.manual_seed(0)
+    scaled = create_net(_cfg(TINY + ["--head-init-scale", "0.001", "--output", tmp_path]))
+    a, b = plain.state_dict(), scaled.state_dict()
+    assert torch.equal(b["head.fc.weight"], a["head.fc.weight"] * 0.001)
+    assert torch.equal(b["head.fc.bias"], a["head.fc.bias"] * 0.001)
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("head.fc."))
+    headless = timm.create_model("cswin_tiny_224", num_classes=0, **TINY_KWARGS)
+    with pytest.raises(ValueError, match="no classifier"):
+        scale_head_init(headless, 0.1)
 
 
 # ---------------------------------------------------------------------------- bad inputs

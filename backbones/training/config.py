@@ -72,6 +72,8 @@ _VALUE_FLAGS = {
     "lr_base_size": (int, "global batch size lr_base refers to"),
     "layer_decay": (float, "layer-wise lr decay (fine-tuning)"),
     "backbone_lr_scale": (float, "lr of everything but the head, relative to --lr (fine-tuning)"),
+    "head_init_scale": (float, "multiply the classifier's initial weight and bias by this "
+                               "(fine-tuning a new head)"),
     "sched": (str, "timm scheduler (cosine, step, multistep, plateau, poly, tanh)"),
     "epochs": (int, "epochs before cool-down"), "warmup_epochs": (int, "linear warm-up epochs"),
     "warmup_lr": (float, "warm-up start lr"), "min_lr": (float, "final lr"),

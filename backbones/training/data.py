@@ -4,6 +4,7 @@ killing a multi-day run."""
 import logging
 import multiprocessing
 import os
+import random
 
 import numpy as np
 import torch
@@ -160,3 +161,78 @@ class DigitsDataset(torch.utils.data.Dataset):
         if self.transform is not None:
             img = self.transform(img)
         return img, int(self.labels[index])
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-sample augmentation seeds
+# ----------------------------------------------------------------------------------------------
+
+def sample_seed(seed, epoch, rank, position):
+    """The seed of one training sample's augmentation: a hash of (run seed, epoch, rank, position
+    in the rank's sample stream), so the draws of a sample depend on nothing else."""
+    words = [int(seed) % 2 ** 64, int(epoch), int(rank), int(position)]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] % 2 ** 63)
+
+
+class SeededSampler(torch.utils.data.Sampler):
+    """Yields ``(index, seed)`` pairs for ``SeededDataset``: the indices of ``sampler`` (its epoch
+    set through ``set_epoch`` as usual), each with its ``sample_seed``.
+
+    Data-loader workers otherwise draw augmentations from one RNG stream per worker, seeded
+    when the worker starts: persistent workers carry that stream across epochs in an unbroken
+    run but restart it in a resumed one, and the draws also depend on the number of workers.
+    The seed travels with the index to whichever worker loads the sample."""
+
+    def __init__(self, sampler, seed, rank=0):
+        self.sampler, self.seed, self.rank, self.epoch = sampler, int(seed), int(rank), 0
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        for position, index in enumerate(self.sampler):
+            yield index, sample_seed(self.seed, self.epoch, self.rank, position)
+
+    def __len__(self):
+        return len(self.sampler)
+
+
+class SeededDataset(torch.utils.data.Dataset):
+    """``dataset`` read with ``(index, seed)`` keys (from ``SeededSampler``): ``random``, numpy
+    and torch's CPU generator are seeded with ``seed`` before the sample is loaded and
+    transformed. In the main process (``workers=0``) the three states are restored afterwards,
+    so the training step's own draws (mixup, drop path) stay on the per-epoch stream."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getattr__(self, name):
+        # metainfo, classes, reader, ... of the wrapped set; "dataset" itself is looked up
+        # through __dict__ so that unpickling (spawned workers) cannot recurse here
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, key):
+        if not isinstance(key, tuple):
+            return self.dataset[key]
+        index, seed = key
+        in_worker = torch.utils.data.get_worker_info() is not None
+        saved = None if in_worker else (random.getstate(), np.random.get_state(),
+                                        torch.random.get_rng_state())
+        random.seed(seed)
+        np.random.seed(seed % 2 ** 32)
+        # the CPU generator only: torch.manual_seed would also reseed every CUDA generator
+        torch.random.default_generator.manual_seed(seed)
+        try:
+            return self.dataset[index]
+        finally:
+            if saved is not None:
+                random.setstate(saved[0])
+                np.random.set_state(saved[1])
+                torch.random.set_rng_state(saved[2])

@@ -361,8 +361,10 @@ class TimmSchedulerHook(Hook):
 
 class EpochSeedHook(Hook):
     """Reseeds torch / numpy / random at every epoch from (seed, epoch, rank), so an epoch's
-    augmentation, mixup and drop-path draws depend on nothing else: a run resumed at an epoch
-    boundary continues exactly as the unbroken run (validation draws no longer shift them)."""
+    mixup and drop-path draws in the training process depend on nothing else: a run resumed at
+    an epoch boundary continues exactly as the unbroken run (validation draws no longer shift
+    them). The augmentations, drawn in the loader's workers, are seeded per sample instead
+    (``data.SeededSampler``)."""
 
     priority = "VERY_HIGH"
 
@@ -429,6 +431,33 @@ class ProgressHook(Hook):
     def __init__(self, max_epochs, skip_counter=None, enabled=True):
         self.max_epochs, self.skip_counter, self.enabled = max_epochs, skip_counter, enabled
         self.bar = None
+        self._console = []
+
+    def before_run(self, runner):
+        # the console handlers only: the log file keeps every line
+        self._console = [h for h in runner.logger.handlers if isinstance(h, logging.StreamHandler)
+                         and not isinstance(h, logging.FileHandler)]
+        for handler in self._console:
+            handler.addFilter(self._console_filter)
+
+    def after_run(self, runner):
+        for handler in self._console:
+            handler.removeFilter(self._console_filter)
+        self._console = []
+
+    def _console_filter(self, record):
+        """While a bar is open it owns the terminal: INFO lines go to the log file only, and a
+        warning clears the bar to get its own line (the next update redraws it). mmengine's
+        LoggerHook lines (every --log-interval steps, and its per-epoch validation line) repeat
+        the bar and the summary, so they never reach the console."""
+        if record.levelno >= logging.WARNING:
+            if self.bar is not None:
+                self.bar.clear()
+            return True
+        if os.path.basename(record.pathname) == "logger_hook.py" and \
+                "mmengine" in record.pathname:
+            return False
+        return self.bar is None
 
     def before_train_epoch(self, runner):
         self.t0, self.images, self.losses = time.perf_counter(), 0, []
@@ -554,8 +583,17 @@ def export_weights(net_or_state, path, metadata=None):
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     tmp = f"{path}.tmp.{os.getpid()}"
     save_file(state, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
+    # safetensors writes through a private temporary file (mode 0600); give the export the mode
+    # of any new file (0644 under the usual umask), like the .pth checkpoints beside it
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
     return path
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 # ----------------------------------------------------------------------------------------------
@@ -604,13 +642,9 @@ def read_weights(path, use_ema=True, flag="--initial-checkpoint"):
 def to_model_layout(net, state):
     """``state`` in ``net``'s layout: a zoo family's ``checkpoint_filter_fn`` converts official
     checkpoints (and passes zoo ones through)."""
-    module = type(net).__module__
-    if module.startswith("backbones."):
-        import importlib
-        filter_fn = getattr(importlib.import_module(module), "checkpoint_filter_fn", None)
-        if filter_fn is not None:
-            return filter_fn(dict(state), net)
-    return dict(state)
+    from .._family import family_of_model
+    family = family_of_model(net)
+    return family.checkpoint_filter_fn(dict(state), net) if family else dict(state)
 
 
 def load_weights(net, state, source, num_classes_given, flag="--initial-checkpoint"):
@@ -707,9 +741,27 @@ def create_net(cfg):
     net = timm.create_model(name, pretrained=cfg.pretrained, num_classes=num_classes, **kwargs)
     if cfg.initial_checkpoint:
         load_initial_checkpoint(net, cfg.initial_checkpoint, bool(cfg.num_classes))
+    if cfg.head_init_scale is not None:
+        scale_head_init(net, cfg.head_init_scale)
     if cfg.grad_checkpointing:
         net.set_grad_checkpointing(True)
     return net
+
+
+@torch.no_grad()
+def scale_head_init(net, scale):
+    """timm's ``--head-init-scale``: the classifier's initial weight and bias multiplied by
+    ``scale`` (applied, as in timm, after any pretrained or initial-checkpoint weights)."""
+    head = net.get_classifier() if hasattr(net, "get_classifier") else None
+    heads = [m for m in (head if isinstance(head, (tuple, list)) else [head])
+             if isinstance(getattr(m, "weight", None), torch.Tensor)]
+    if not heads:
+        raise ValueError(f"head_init_scale: {type(net).__name__} has no classifier with weights "
+                         f"to scale (get_classifier() is {type(head).__name__})")
+    for m in heads:
+        m.weight.mul_(scale)
+        if getattr(m, "bias", None) is not None:
+            m.bias.mul_(scale)
 
 
 def create_optimizer(net, cfg, lr):
@@ -807,12 +859,22 @@ def build_runner(cfg):
         sampler = RepeatAugSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True,
                                    num_repeats=cfg.aug_repeats)
     else:
-        sampler = dict(type="DefaultSampler", shuffle=True, seed=cfg.seed)
+        from mmengine.dataset import DefaultSampler
+        sampler = DefaultSampler(train_set, shuffle=True, seed=cfg.seed)
+    if not isinstance(train_set, torch.utils.data.IterableDataset):
+        # each sample's augmentation seeded from (seed, epoch, rank, position): resume-exact
+        # whatever the workers' lifetime, and the same draws for any number of workers
+        sampler = zoo_data.SeededSampler(sampler, cfg.seed, rank)
+        train_set = zoo_data.SeededDataset(train_set)
     loader_common = dict(num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
                          pin_memory=device.type == "cuda",
                          collate_fn=dict(type="default_collate"))
+    # the loader draws its worker base seed from this generator, not the global one: with
+    # persistent workers it draws only in a process's first epoch, which would shift the
+    # drop-path and mixup draws of a resumed run's first epoch against the unbroken run's
     train_loader = dict(dataset=train_set, sampler=sampler, batch_size=cfg.batch_size,
-                        drop_last=True, **loader_common)
+                        drop_last=True, generator=torch.Generator().manual_seed(cfg.seed),
+                        **loader_common)
     val_loader = dict(dataset=val_set, sampler=dict(type="DefaultSampler", shuffle=False),
                       batch_size=cfg.validation_batch_size or cfg.batch_size, drop_last=False,
                       **loader_common)
@@ -900,7 +962,7 @@ def _zoo_runner_class():
             self.logger.info(
                 f"torch {torch.__version__}, timm {timm.__version__}, mmengine "
                 f"{mmengine.__version__}; {self._world_size} process(es), launcher "
-                f"{self._launcher}, seed {self._seed}; config: {self.work_dir}")
+                f"{self._launcher}, seed {self._seed}; work dir: {self.work_dir}")
 
         def get_hooks_info(self):
             return ", ".join(type(h).__name__ for h in self.hooks)
