@@ -1,6 +1,6 @@
 """tools/benchmark.py and tools/convert.py, on the CPU, without network."""
-import dataclasses
 import csv
+import dataclasses
 import importlib.util
 import json
 import os
@@ -13,10 +13,9 @@ from safetensors.torch import load_file, save_file
 
 import backbones
 import ops
+from conftest import GOLDEN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GOLDEN = os.environ.get("BACKBONES_GOLDEN_DIR",
-                        os.path.join(os.path.dirname(__file__), "..", "..", "shared", "golden"))
 
 
 def _load_tool(name):

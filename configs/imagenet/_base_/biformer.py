@@ -1,6 +1,6 @@
 # BiFormer ImageNet-1K recipe (rayleizhu/BiFormer main.py, DeiT-style, on timm 0.8; defaults read
 # from main.py and configs/train_args.yaml, launches from scripts/train.sh and the README;
-# ../shared/specs/biformer.md section 9): AdamW (eps 1e-8, betas 0.9/0.999), weight decay 0.05 (not
+# the project's biformer spec section 9): AdamW (eps 1e-8, betas 0.9/0.999), weight decay 0.05 (not
 # on 1-D params and biases), lr 5e-4 per 512 images scaled linearly to the global batch, cosine
 # stepped per epoch, 5 warm-up epochs from 1e-6, 300 epochs + 10 cool-down at min lr 1e-5,
 # RandAugment rand-m9-mstd0.5-inc1, colour jitter 0.4, bicubic training interpolation, random

@@ -1,4 +1,4 @@
-# LITv2 ImageNet-1K recipe (ziplab/LITv2 classification/, Swin-style config; ../shared/specs/litv2.md
+# LITv2 ImageNet-1K recipe (ziplab/LITv2 classification/, Swin-style config; the project's litv2 spec
 # section 8): 300 epochs, AdamW (eps 1e-8, betas 0.9/0.999), weight decay 0.05 (not on 1-D params
 # and biases), lr 5e-4 per 512 images scaled to the global batch (8 x 128 -> 1e-3), 20 warm-up
 # epochs from 1e-6, cosine per iteration to 1e-5, no cool-down, gradient clipping 5.0, RandAugment

@@ -1,4 +1,4 @@
-# SHViT ImageNet-1K recipe (ysj9909/SHViT main.py defaults + README; ../shared/specs/shvit.md):
+# SHViT ImageNet-1K recipe (ysj9909/SHViT main.py defaults + README; the project's shvit spec):
 # 300 epochs, 8 GPUs x 256 (global 2048) at lr 1e-3, AdamW, cosine, 5 warm-up epochs, min lr 1e-5,
 # adaptive gradient clipping 0.02, RandAugment rand-m9-mstd0.5, Mixup 0.8 / CutMix 1.0, label
 # smoothing 0.1, random erasing 0.25, repeated augmentation, EMA 0.99996, no distillation, no drop
