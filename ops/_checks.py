@@ -27,19 +27,3 @@ def check_qkv(q, k, v, rank, same_tokens=True):
     if v.shape[:-1] != q.shape[:-1]:
         raise ValueError(f"v must match q in ({shared}), got {tuple(v.shape)} vs {tuple(q.shape)}")
 
-
-TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-TRITON_MAX_HEAD_DIM = 256
-
-
-def check_triton_supported(op_name, q, v):
-    """What every fused kernel can take: fp32/fp16/bf16 and head dims up to 256."""
-    if q.dtype not in TRITON_DTYPES:
-        raise TypeError(
-            f"the triton {op_name} supports float32, float16 and bfloat16, got {q.dtype}; cast "
-            "q, k, v (e.g. .float()) or pass backend='reference'")
-    for name, d in (("d_qk", q.shape[-1]), ("d_v", v.shape[-1])):
-        if not 1 <= d <= TRITON_MAX_HEAD_DIM:
-            raise ValueError(
-                f"the triton {op_name} supports head dims 1..{TRITON_MAX_HEAD_DIM}, got "
-                f"{name}={d}; split the heads further or pass backend='reference'")

@@ -44,8 +44,8 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
-__all__ = ["Pattern", "attention_forward", "attention_backward", "dot_precision",
-           "register_qkv_autograd",
+__all__ = ["Pattern", "Launch", "forward_outputs", "fake_forward", "attention_forward",
+           "attention_backward", "dot_precision", "fit", "cap",
            "WINDOW", "HALO", "NEIGHBORHOOD", "ROUTED", "DENSE", "INTERPRETED", "MIN_BLOCK"]
 
 WINDOW: tl.constexpr = tl.constexpr(0)
@@ -441,15 +441,16 @@ def _bwd_dq(
     heads, Hq, Wq, H, W, num_groups, num_blocks, rel_center,
     a0, a1, a2, a3, a4, a5, a6, a7, scale,
     PATTERN: tl.constexpr, MASK_OOB: tl.constexpr, MASK_MODE: tl.constexpr,
-    HAS_BIAS: tl.constexpr, NEED_DQ: tl.constexpr, ATOMIC_DKDV: tl.constexpr,
+    HAS_BIAS: tl.constexpr, NEED_DQ: tl.constexpr, NEED_DREL: tl.constexpr,
+    ATOMIC_DKDV: tl.constexpr,
     D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_REL: tl.constexpr,
     UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """One program per query block: dQ = scale · dS K over the group's key list; with a bias,
-    its per-offset sums of dS (a dot of dS with a one-hot key -> offset matrix; each query's
-    offsets are distinct, so the stores never collide); with ATOMIC_DKDV, the block's share of
-    dV = Pᵀ dO and dK = scale · dSᵀ Q added into fp32 buffers."""
+    """One program per query block: with NEED_DQ, dQ = scale · dS K over the group's key list;
+    with NEED_DREL, the bias's per-offset sums of dS (a dot of dS with a one-hot key -> offset
+    matrix; each query's offsets are distinct, so the stores never collide); with ATOMIC_DKDV,
+    the block's share of dV = Pᵀ dO and dK = scale · dSᵀ Q added into fp32 buffers."""
     blk, g, b, h, bh = _program(tl.program_id(0), num_blocks, num_groups, heads)
     qk_scale = scale * LOG2E
     offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -496,7 +497,7 @@ def _bwd_dq(
             ds = p * (dp - delta[:, None])
             if NEED_DQ:
                 dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
-            if HAS_BIAS:
+            if NEED_DREL:
                 oh_a = ((ka[:, None] == offs_r[None, :]) & k_ok[:, None]).to(tl.float32)
                 oh_b = ((kb[:, None] == offs_r[None, :]) & k_ok[:, None]).to(tl.float32)
                 d_rel_a += tl.dot(ds, oh_a, input_precision="ieee")
@@ -515,7 +516,7 @@ def _bwd_dq(
         tl.store(DQ + b * sdq_b + h * sdq_h + qy[:, None] * sdq_y + qx[:, None] * sdq_x
                  + offs_dqk[None, :] * sdq_d, (dq * scale).to(DQ.dtype.element_ty),
                  mask=_tile_mask(q_ok, offs_dqk, D_QK, BLOCK_DQK))
-    if HAS_BIAS:
+    if NEED_DREL:
         dr_row = b * sdr_b + h * sdr_h + qy * sdr_y + qx * sdr_x
         r_ok = q_ok[:, None] & (offs_r[None, :] <= rel_center)
         tl.store(DRH + dr_row[:, None] + (rel_center + offs_r[None, :] - qa[:, None]) * sdr_r,
@@ -844,19 +845,30 @@ def _grid_strides(t):
     return t.stride()
 
 
-def attention_forward(q, k, v, pattern, store_lse, rel=None):
-    """Output (token-major storage, logical ``(B, heads, *q_grid, d_v)``) and the base-2
-    log-sum-exp ``(B * heads, Hq * Wq)`` (a 1-element placeholder without ``store_lse``)."""
+def forward_outputs(q, v, store_lse):
+    """Empty output and log-sum-exp of a forward (also the custom ops' fake results): the output
+    logically ``(B, heads, *q_grid, d_v)``, stored token-major; the base-2 log-sum-exp
+    ``(B * heads, queries)`` float32, a 1-element placeholder without ``store_lse``."""
     B, heads = q.shape[:2]
     q_dims = q.shape[2:-1]
-    d_v = v.shape[-1]
     # Logical (B, heads, ..., d_v) stored as (B, ..., heads, d_v): the model's next step
     # ``.permute(...).reshape(B, N, heads * d_v)`` is then a free view.
     perm = (0, q.dim() - 2) + tuple(range(1, q.dim() - 2)) + (q.dim() - 1,)
-    out = torch.empty(B, *q_dims, heads, d_v, dtype=q.dtype, device=q.device).permute(*perm)
+    out = q.new_empty(B, *q_dims, heads, v.shape[-1]).permute(*perm)
+    lse = q.new_empty((B * heads, q_dims.numel()) if store_lse else (1,), dtype=torch.float32)
+    return out, lse
+
+
+def fake_forward(q, k, v, *args):
+    """The fake of an op's forward custom op ``(q, k, v, ..., for_backward)``."""
+    return forward_outputs(q, v, store_lse=args[-1])
+
+
+def attention_forward(q, k, v, pattern, store_lse, rel=None):
+    """:func:`forward_outputs`, computed."""
+    B, heads = q.shape[:2]
+    out, lse = forward_outputs(q, v, store_lse)
     nq = pattern.Hq * pattern.Wq
-    lse = torch.empty(B * heads, nq, dtype=torch.float32, device=q.device) \
-        if store_lse else torch.empty(1, dtype=torch.float32, device=q.device)
     launch = pattern.fwd
     programs = B * heads * launch.groups * launch.blocks
     if programs == 0 or pattern.H * pattern.W == 0:
@@ -876,26 +888,32 @@ def attention_forward(q, k, v, pattern, store_lse, rel=None):
     return out, lse
 
 
-def attention_backward(dout, q, k, v, out, lse, pattern, rel=None, need_dq=True,
-                       need_dkdv=True):
-    """(dq, dk, dv, d_rel_h, d_rel_w): gradients in the inputs' logical, contiguous layout
-    (autograd's backward of the qkv views allocates contiguous logical-shape buffers, so this
-    keeps its copies plain); relative-logit gradients shaped like the tables (empty without)."""
+def attention_backward(dout, q, k, v, out, lse, pattern, rel=None, *, need_dq=True,
+                       need_dkdv=True, need_drel=True):
+    """``(dq, dk, dv, d_rel_h, d_rel_w)``, each None unless asked for (``need_*``; the
+    relative-logit gradients also need ``rel``): gradients in the inputs' logical, contiguous
+    layout (autograd's backward of the qkv views allocates contiguous logical-shape buffers, so
+    this keeps its copies plain), relative-logit gradients shaped like the logits."""
     B, heads = q.shape[:2]
-    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     atomic = pattern.dkdv is None
-    if atomic:  # fp32 buffers for the atomics, cast to the input dtype afterwards
+    rh, rw, sr, center, has_bias = _bias_args(q, rel)
+    need_drel = need_drel and has_bias
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format) if need_dq else None
+    dk = dv = d_rh = d_rw = None
+    if need_dkdv and atomic:  # fp32 buffers for the atomics, cast to the input dtype afterwards
         dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
         dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
-    else:
+    elif need_dkdv:
         dk = torch.empty_like(k, memory_format=torch.contiguous_format)
         dv = torch.empty_like(v, memory_format=torch.contiguous_format)
-    rh, rw, sr, center, has_bias = _bias_args(q, rel)
-    d_rh = torch.zeros(rh.shape if has_bias else (0,), dtype=q.dtype, device=q.device)
-    d_rw = torch.zeros_like(d_rh)
+    if need_drel:
+        d_rh = torch.zeros(rh.shape, dtype=q.dtype, device=q.device)
+        d_rw = torch.zeros_like(d_rh)
     nq, nk = pattern.Hq * pattern.Wq, pattern.H * pattern.W
     if B * heads * nq == 0 or nk == 0:
-        return dq.zero_(), dk.zero_().to(k.dtype), dv.zero_().to(v.dtype), d_rh, d_rw
+        grads = (dq, dk, dv, d_rh, d_rw)
+        return tuple(None if g is None else g.zero_().to(t.dtype)
+                     for g, t in zip(grads, (q, k, v, rh, rw)))
 
     delta = torch.empty(B * heads, nq, dtype=torch.float32, device=q.device)
     delta_block = min(256 if INTERPRETED else 128, triton.next_power_of_2(nq))
@@ -905,9 +923,12 @@ def attention_backward(dout, q, k, v, out, lse, pattern, rel=None, need_dq=True,
         pattern.Wq, delta_blocks, v.shape[-1], BLOCK=delta_block, BLOCK_DV=fit(v.shape[-1]),
         num_warps=4)
 
+    # Gradients not asked for are never written: their inputs stand in as pointers.
+    dq_, dk_, dv_ = (t if g is None else g for g, t in ((dq, q), (dk, k), (dv, v)))
+    d_rh_, d_rw_ = (d_rh, d_rw) if need_drel else (q, q)
     idx, si, m, sm = pattern.extras(q)
     common = (*_grid_strides(q), *_grid_strides(k), *_grid_strides(v), *_grid_strides(dout),
-              *_grid_strides(dq), *_grid_strides(dk), *_grid_strides(dv))
+              *_grid_strides(dq_), *_grid_strides(dk_), *_grid_strides(dv_))
     grid_args = (heads, pattern.Hq, pattern.Wq, pattern.H, pattern.W)
     # fuse_dq: the op promises every group's key list fits its one dK/dV block
     fuse_dq = need_dq and not atomic and pattern.fuse_dq
@@ -916,45 +937,21 @@ def attention_backward(dout, q, k, v, out, lse, pattern, rel=None, need_dq=True,
     if not atomic and (need_dkdv or fuse_dq):
         launch = pattern.dkdv
         _bwd_dkdv[(B * heads * launch.groups * launch.blocks,)](
-            q, k, v, dout, lse, delta, dq, dk, dv, m, rh, rw, *common, *sm, *sr,
+            q, k, v, dout, lse, delta, dq_, dk_, dv_, m, rh, rw, *common, *sm, *sr,
             *grid_args, launch.groups, launch.blocks, center,
             *(launch.args or pattern.args), float(pattern.scale),
             HAS_BIAS=has_bias, FUSE_DQ=fuse_dq, **_constexprs(q, v, launch, pattern))
-    if (need_dq and not fuse_dq) or has_bias or (atomic and need_dkdv):
+    if (need_dq and not fuse_dq) or need_drel or (atomic and need_dkdv):
         launch = pattern.dq
         block_rel = fit(center + 1) if has_bias else MIN_BLOCK
         _bwd_dq[(B * heads * launch.groups * launch.blocks,)](
-            q, k, v, dout, lse, delta, dq, dk, dv, idx, m, rh, rw,
-            d_rh if has_bias else dq, d_rw if has_bias else dq, *common, *si, *sm, *sr,
-            *(d_rh.stride() if has_bias else (0,) * 5),
+            q, k, v, dout, lse, delta, dq_, dk_, dv_, idx, m, rh, rw, d_rh_, d_rw_,
+            *common, *si, *sm, *sr, *(d_rh.stride() if need_drel else (0,) * 5),
             *grid_args, launch.groups, launch.blocks, center,
             *(launch.args or pattern.args), float(pattern.scale),
-            HAS_BIAS=has_bias, NEED_DQ=need_dq and not fuse_dq, ATOMIC_DKDV=atomic and need_dkdv,
-            BLOCK_REL=block_rel, **_constexprs(q, v, launch, pattern))
-    if atomic:
+            HAS_BIAS=has_bias, NEED_DQ=need_dq and not fuse_dq, NEED_DREL=need_drel,
+            ATOMIC_DKDV=atomic and need_dkdv, BLOCK_REL=block_rel,
+            **_constexprs(q, v, launch, pattern))
+    if need_dkdv and atomic:
         dk, dv = dk.to(k.dtype), dv.to(v.dtype)
     return dq, dk, dv, d_rh, d_rw
-
-
-def register_qkv_autograd(fwd_op, bwd_op, num_saved_inputs=3):
-    """Tie an op's forward and backward custom ops together. The forward's inputs are
-    ``(q, k, v, [index / mask tensor,] *static args, store_lse)`` and it returns ``(out, lse)``;
-    the backward op takes ``(dout, *saved inputs, out, lse, *static args, need_dq, need_dkdv)``
-    and returns ``(dq, dk, dv)``. Nothing is saved when the forward ran without ``store_lse``
-    (no gradient was asked for)."""
-
-    def setup_context(ctx, inputs, output):
-        if not inputs[-1]:
-            return
-        ctx.save_for_backward(*inputs[:num_saved_inputs], *output)
-        ctx.args = inputs[num_saved_inputs:-1]
-        ctx.num_inputs = len(inputs)
-
-    def backward(ctx, dout, dlse):
-        need = ctx.needs_input_grad[:3]
-        grads = bwd_op(dout, *ctx.saved_tensors, *ctx.args, need[0], need[1] or need[2])
-        return tuple(g if n else None for g, n in zip(grads, need)) + \
-            (None,) * (ctx.num_inputs - 3)
-
-    fwd_op.register_autograd(backward, setup_context=setup_context)
-

@@ -7,20 +7,21 @@ block's haloed ``win x win`` window on the key grid, token ``t`` at
 zeros and **stay in the softmax** (timm's semantics: logit = relative bias only, value 0).
 
 Relative logits: ``RH = c * q @ height_rel.T`` and ``RW = c * q @ width_rel.T`` (``c = scale``
-with ``scale_pos_embed``, else 1) are computed outside with torch matmuls, ``(B, heads, Hq, Wq,
-2 * win - 1)``, and gathered in-kernel at offsets ``win - 1 + ki - i`` / ``win - 1 + kj - j``;
-the dQ pass reduces their gradients per offset and torch's autograd carries them on to q and
-the tables. The dK/dV pass owns each key's *home* ``bs x bs`` block and loops over the query
-blocks whose windows reach it (neighbours within ``ceil(halo / bs)`` blocks): one writer per
-gradient element, no atomics, no windowed gradient buffers.
+with ``scale_pos_embed``, else 1) are computed by :func:`ops.halo_attention_2d` with torch
+matmuls, ``(B, heads, Hq, Wq, 2 * win - 1)``, and gathered in-kernel at offsets
+``win - 1 + ki - i`` / ``win - 1 + kj - j``; the dQ pass reduces their gradients per offset and
+torch's autograd carries them on to q and the tables. The dK/dV pass owns each key's *home*
+``bs x bs`` block and loops over the query blocks whose windows reach it (neighbours within
+``ceil(halo / bs)`` blocks): one writer per gradient element, no atomics, no windowed gradient
+buffers.
 """
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import triton
 
 from . import _triton_blocksparse as bsa
-from ._checks import check_triton_supported
+from ._custom_op import FusedOp
 
 __all__ = ["halo_attention_triton"]
 
@@ -47,84 +48,35 @@ def _rel(rh, rw, block_size, halo_size):
     return None if rh is None else (rh, rw, block_size + 2 * halo_size - 1)
 
 
-def _forward(q, k, v, rh, rw, block_size, halo_size, stride, scale, store_lse):
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: Optional[torch.Tensor],
+             rel_w: Optional[torch.Tensor], block_size: int, halo_size: int, stride: int,
+             scale: float, for_backward: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     pattern = halo_pattern(q, k, block_size, halo_size, stride, scale)
-    return bsa.attention_forward(q, k, v, pattern, store_lse, _rel(rh, rw, block_size, halo_size))
+    return bsa.attention_forward(q, k, v, pattern, store_lse=for_backward,
+                                 rel=_rel(rel_h, rel_w, block_size, halo_size))
 
 
-def _backward(dout, q, k, v, rh, rw, out, lse, block_size, halo_size, stride, scale):
+def _backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              rel_h: Optional[torch.Tensor], rel_w: Optional[torch.Tensor], out: torch.Tensor,
+              lse: torch.Tensor, block_size: int, halo_size: int, stride: int, scale: float,
+              needs_input_grad: List[bool]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                     torch.Tensor, torch.Tensor]:
+    need_dq, need_dk, need_dv, need_drh, need_drw = needs_input_grad
     pattern = halo_pattern(q, k, block_size, halo_size, stride, scale)
     return bsa.attention_backward(dout, q, k, v, out, lse, pattern,
-                                  _rel(rh, rw, block_size, halo_size))
+                                  _rel(rel_h, rel_w, block_size, halo_size), need_dq=need_dq,
+                                  need_dkdv=need_dk or need_dv, need_drel=need_drh or need_drw)
 
 
-@torch.library.custom_op("backbones::halo_attention_fwd", mutates_args=())
-def _halo_attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                           rel_h: Optional[torch.Tensor], rel_w: Optional[torch.Tensor],
-                           block_size: int, halo_size: int, stride: int, scale: float,
-                           store_lse: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    return _forward(q, k, v, rel_h, rel_w, block_size, halo_size, stride, scale, store_lse)
+# rel_h / rel_w are the relative logits RH / RW (see the module docstring), not the tables.
+FUSED_OP = FusedOp("halo_attention", forward=_forward, backward=_backward,
+                   forward_fake=bsa.fake_forward,
+                   differentiable=("q", "k", "v", "rel_h", "rel_w"))
 
 
-@_halo_attention_fwd_op.register_fake
-def _(q, k, v, rel_h, rel_w, block_size, halo_size, stride, scale, store_lse):
-    B, heads, Hq, Wq, _ = q.shape
-    out = q.new_empty(B, Hq, Wq, heads, v.shape[-1]).permute(0, 3, 1, 2, 4)
-    lse = q.new_empty((B * heads, Hq * Wq) if store_lse else (1,), dtype=torch.float32)
-    return out, lse
-
-
-@torch.library.custom_op("backbones::halo_attention_bwd", mutates_args=())
-def _halo_attention_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
-                           v: torch.Tensor, rel_h: Optional[torch.Tensor],
-                           rel_w: Optional[torch.Tensor], out: torch.Tensor, lse: torch.Tensor,
-                           block_size: int, halo_size: int, stride: int, scale: float
-                           ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                      torch.Tensor]:
-    return _backward(dout, q, k, v, rel_h, rel_w, out, lse, block_size, halo_size, stride,
-                     scale)
-
-
-@_halo_attention_bwd_op.register_fake
-def _(dout, q, k, v, rel_h, rel_w, out, lse, block_size, halo_size, stride, scale):
-    grads = tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
-    if rel_h is None:
-        return grads + (q.new_empty(0), q.new_empty(0))
-    return grads + (q.new_empty(rel_h.shape), q.new_empty(rel_h.shape))
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, rel_h, rel_w, *args, store_lse = inputs
-    if not store_lse:
-        return
-    ctx.has_bias = rel_h is not None
-    ctx.save_for_backward(q, k, v, rel_h, rel_w, *output)
-    ctx.args = args  # block_size, halo_size, stride, scale
-
-
-def _backward_rule(ctx, dout, dlse):
-    q, k, v, rel_h, rel_w, out, lse = ctx.saved_tensors
-    dq, dk, dv, drh, drw = _halo_attention_bwd_op(dout, q, k, v, rel_h, rel_w, out, lse,
-                                                  *ctx.args)
-    if not ctx.has_bias:
-        drh = drw = None
-    return dq, dk, dv, drh, drw, None, None, None, None, None
-
-
-_halo_attention_fwd_op.register_autograd(_backward_rule, setup_context=_setup_context)
-
-
-def halo_attention_triton(q, k, v, block_size, halo_size, stride, rel_pos, scale,
-                          scale_pos_embed):
+def halo_attention_triton(q, k, v, rel_logits, block_size, halo_size, stride, scale):
     """Triton implementation of ``halo_attention_reference``; arguments already validated by
-    :func:`ops.halo_attention_2d`."""
-    check_triton_supported("halo_attention_2d", q, v)
-    rh = rw = None
-    if rel_pos is not None:
-        from .halo_attention import halo_rel_logits
-        rh, rw = halo_rel_logits(q, tuple(rel_pos), scale if scale_pos_embed else 1.0)
-    store_lse = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (q, k, v, rh, rw))
-    out, _ = _halo_attention_fwd_op(q, k, v, rh, rw, block_size, halo_size, stride,
-                                    float(scale), store_lse)
-    return out
+    :func:`ops.halo_attention_2d`, ``rel_logits`` None or the ``(RH, RW)`` of
+    :func:`ops.halo_attention.halo_rel_logits`."""
+    rh, rw = (None, None) if rel_logits is None else rel_logits
+    return FUSED_OP(q, k, v, rh, rw, block_size, halo_size, stride, float(scale))

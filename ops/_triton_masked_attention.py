@@ -9,13 +9,13 @@ query blocks the same way. Masked logits are ``-inf``; fully-masked rows output 
 log-sum-exp of ``+inf`` (probabilities and gradients 0). The output is stored token-major
 ``(B, Lq, heads, d_v)`` and returned as its ``(B, heads, Lq, d_v)`` view.
 """
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 import triton
 
 from . import _triton_blocksparse as bsa
-from ._checks import check_triton_supported
+from ._custom_op import FusedOp
 
 __all__ = ["masked_attention_triton"]
 
@@ -35,53 +35,25 @@ def masked_pattern(q, k, mask, scale):
                        mask_mode=2 if packed else 1, fuse_dq=dkdv.blocks == 1)
 
 
-def _forward(q, k, v, mask, scale, store_lse):
-    return bsa.attention_forward(q, k, v, masked_pattern(q, k, mask, scale), store_lse)
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+             scale: float, for_backward: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    return bsa.attention_forward(q, k, v, masked_pattern(q, k, mask, scale),
+                                 store_lse=for_backward)
 
 
-def _backward(dout, q, k, v, mask, out, lse, scale, need_dq=True, need_dkdv=True):
+def _backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              mask: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, scale: float,
+              needs_input_grad: List[bool]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    need_dq, need_dk, need_dv = needs_input_grad
     return bsa.attention_backward(dout, q, k, v, out, lse, masked_pattern(q, k, mask, scale),
-                                  need_dq=need_dq, need_dkdv=need_dkdv)[:3]
+                                  need_dq=need_dq, need_dkdv=need_dk or need_dv)[:3]
 
 
-# torch.library custom ops tied together by register_autograd: one opaque node each for
-# torch.compile / export (fake implementations give the shapes) and a name fvcore can count.
-
-@torch.library.custom_op("backbones::masked_attention_fwd", mutates_args=())
-def _masked_attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                             mask: torch.Tensor, scale: float, store_lse: bool
-                             ) -> Tuple[torch.Tensor, torch.Tensor]:
-    return _forward(q, k, v, mask, scale, store_lse)
-
-
-@_masked_attention_fwd_op.register_fake
-def _(q, k, v, mask, scale, store_lse):
-    B, heads, Lq, _ = q.shape
-    out = q.new_empty(B, Lq, heads, v.shape[-1]).permute(0, 2, 1, 3)
-    lse = q.new_empty((B * heads, Lq) if store_lse else (1,), dtype=torch.float32)
-    return out, lse
-
-
-@torch.library.custom_op("backbones::masked_attention_bwd", mutates_args=())
-def _masked_attention_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
-                             v: torch.Tensor, mask: torch.Tensor, out: torch.Tensor,
-                             lse: torch.Tensor, scale: float, need_dq: bool, need_dkdv: bool
-                             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _backward(dout, q, k, v, mask, out, lse, scale, need_dq=need_dq, need_dkdv=need_dkdv)
-
-
-@_masked_attention_bwd_op.register_fake
-def _(dout, q, k, v, mask, out, lse, scale, need_dq, need_dkdv):
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
-
-
-bsa.register_qkv_autograd(_masked_attention_fwd_op, _masked_attention_bwd_op, num_saved_inputs=4)
+FUSED_OP = FusedOp("masked_attention", forward=_forward, backward=_backward,
+                   forward_fake=bsa.fake_forward)
 
 
 def masked_attention_triton(q, k, v, mask, scale):
     """Triton implementation of ``masked_attention_reference``; arguments already validated by
     :func:`ops.masked_attention`."""
-    check_triton_supported("masked_attention", q, v)
-    store_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    out, _ = _masked_attention_fwd_op(q, k, v, mask, float(scale), store_lse)
-    return out
+    return FUSED_OP(q, k, v, mask, float(scale))

@@ -11,13 +11,13 @@ passes the clamped-window test. The dK/dV pass owns ``KY x KX`` key tiles and lo
 rectangle whose windows can reach them (the analytic inverse of ``start``): one writer per
 gradient element, no atomics.
 """
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 import triton
 
 from . import _triton_blocksparse as bsa
-from ._checks import check_triton_supported
+from ._custom_op import FusedOp
 
 __all__ = ["neighborhood_attention_triton"]
 
@@ -61,60 +61,28 @@ def neighborhood_pattern(q, kernel_size, dilation, scale):
                        fwd, fwd, dkdv)
 
 
-def _forward(q, k, v, kernel_size, dilation, scale, store_lse):
-    return bsa.attention_forward(q, k, v, neighborhood_pattern(q, kernel_size, dilation, scale),
-                                 store_lse)
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_h: int, kernel_w: int,
+             dilation_h: int, dilation_w: int, scale: float, for_backward: bool
+             ) -> Tuple[torch.Tensor, torch.Tensor]:
+    pattern = neighborhood_pattern(q, (kernel_h, kernel_w), (dilation_h, dilation_w), scale)
+    return bsa.attention_forward(q, k, v, pattern, store_lse=for_backward)
 
 
-def _backward(q, k, v, out, lse, dout, kernel_size, dilation, scale, need_dq, need_dkdv):
-    pattern = neighborhood_pattern(q, kernel_size, dilation, scale)
+def _backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              out: torch.Tensor, lse: torch.Tensor, kernel_h: int, kernel_w: int,
+              dilation_h: int, dilation_w: int, scale: float, needs_input_grad: List[bool]
+              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    need_dq, need_dk, need_dv = needs_input_grad
+    pattern = neighborhood_pattern(q, (kernel_h, kernel_w), (dilation_h, dilation_w), scale)
     return bsa.attention_backward(dout, q, k, v, out, lse, pattern, need_dq=need_dq,
-                                  need_dkdv=need_dkdv)[:3]
+                                  need_dkdv=need_dk or need_dv)[:3]
 
 
-# torch.library custom ops tied together by register_autograd: one opaque node each for
-# torch.compile / export (fake implementations give the shapes) and a name fvcore can count.
-
-@torch.library.custom_op("backbones::neighborhood_attention_fwd", mutates_args=())
-def _neighborhood_attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                                   kernel_h: int, kernel_w: int, dilation_h: int,
-                                   dilation_w: int, scale: float, store_lse: bool
-                                   ) -> Tuple[torch.Tensor, torch.Tensor]:
-    return _forward(q, k, v, (kernel_h, kernel_w), (dilation_h, dilation_w), scale, store_lse)
-
-
-@_neighborhood_attention_fwd_op.register_fake
-def _(q, k, v, kernel_h, kernel_w, dilation_h, dilation_w, scale, store_lse):
-    B, heads, H, W, _ = q.shape
-    out = q.new_empty(B, H, W, heads, v.shape[-1]).permute(0, 3, 1, 2, 4)
-    lse = q.new_empty((B * heads, H * W) if store_lse else (1,), dtype=torch.float32)
-    return out, lse
-
-
-@torch.library.custom_op("backbones::neighborhood_attention_bwd", mutates_args=())
-def _neighborhood_attention_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
-                                   v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-                                   kernel_h: int, kernel_w: int, dilation_h: int,
-                                   dilation_w: int, scale: float, need_dq: bool, need_dkdv: bool
-                                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _backward(q, k, v, out, lse, dout, (kernel_h, kernel_w), (dilation_h, dilation_w),
-                     scale, need_dq, need_dkdv)
-
-
-@_neighborhood_attention_bwd_op.register_fake
-def _(dout, q, k, v, out, lse, kernel_h, kernel_w, dilation_h, dilation_w, scale, need_dq,
-      need_dkdv):
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
-
-
-bsa.register_qkv_autograd(_neighborhood_attention_fwd_op, _neighborhood_attention_bwd_op)
+FUSED_OP = FusedOp("neighborhood_attention", forward=_forward, backward=_backward,
+                   forward_fake=bsa.fake_forward)
 
 
 def neighborhood_attention_triton(q, k, v, kernel_size, dilation, scale):
     """Triton implementation of ``neighborhood_attention_reference``; arguments already validated
     by :func:`ops.neighborhood_attention_2d` (``kernel_size``/``dilation`` are int pairs)."""
-    check_triton_supported("neighborhood_attention_2d", q, v)
-    store_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    out, _ = _neighborhood_attention_fwd_op(q, k, v, *kernel_size, *dilation, float(scale),
-                                            store_lse)
-    return out
+    return FUSED_OP(q, k, v, *kernel_size, *dilation, float(scale))

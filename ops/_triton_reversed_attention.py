@@ -20,17 +20,19 @@ Backward, with upstream ``G_j = dL/dout_j``:
   ``dk_j = scale Σ_i dS[i, j] q_i``.
 
 ``_ra_bwd_q`` (per query tile; two loops over key tiles: ``R``/``delta``, then ``dq``) writes
-``dq``, ``dv``, ``delta`` (= ``dw``); ``_ra_bwd_k`` (per key tile, loop over query tiles) writes
-``dk``. Every gradient element has exactly one writer: no atomics. The output is stored
+``delta`` (= ``dw``, and what ``dq`` and ``dk`` need), ``dv`` and ``dq``; ``_ra_bwd_k`` (per key
+tile, loop over query tiles) writes ``dk``. A gradient not asked for is skipped: its store, the
+``dq`` loop, or the whole ``_ra_bwd_k`` launch. Every gradient element has exactly one writer: no
+atomics. The output is stored
 token-major ``(B, L, heads, d_v)`` and returned as its ``(B, heads, L, d_v)`` view.
 """
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from ._checks import check_triton_supported
+from ._custom_op import FusedOp
 from ._triton_blocksparse import _tile_mask, _tile_mask_t
 from ._triton_blocksparse import INTERPRETED, MIN_BLOCK as _MIN_BLOCK
 from ._triton_blocksparse import dot_precision as _dot_precision
@@ -190,10 +192,11 @@ def _ra_bwd_q(
     heads, L, tiles, scale,
     D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_W: tl.constexpr,
+    NEED_DV: tl.constexpr, NEED_DQ: tl.constexpr,
     UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """One program per query tile: R = P G, delta = v·R (= dw), dv = w R, then
-    dq = scale · w · Σ_j P (G_j·v_i - delta_i) k_j."""
+    """One program per query tile: R = P G, delta = v·R (= dw; dk needs it too), with NEED_DV
+    dv = w R, then with NEED_DQ dq = scale · w · Σ_j P (G_j·v_i - delta_i) k_j."""
     pid = tl.program_id(0)
     bh = (pid // tiles).to(tl.int64)
     b = bh // heads
@@ -235,30 +238,32 @@ def _ra_bwd_q(
 
     delta = tl.sum(v.to(tl.float32) * r, 1)
     tl.store(DELTA + bh * L + offs_m, delta, mask=q_ok)
-    tl.store(DV + b * sdv_b + h * sdv_h + offs_m[:, None] * sdv_l + offs_dv[None, :] * sdv_d,
-             (r * w[:, None]).to(DV.dtype.element_ty),
-             mask=_tile_mask(q_ok, offs_dv, D_V, BLOCK_DV))
+    if NEED_DV:
+        tl.store(DV + b * sdv_b + h * sdv_h + offs_m[:, None] * sdv_l + offs_dv[None, :] * sdv_d,
+                 (r * w[:, None]).to(DV.dtype.element_ty),
+                 mask=_tile_mask(q_ok, offs_dv, D_V, BLOCK_DV))
 
-    dq = tl.zeros([BLOCK_M, BLOCK_DQK], dtype=tl.float32)
-    for n0 in range(0, L, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        k_ok = offs_n < L
-        k = tl.load(k_base + offs_n[:, None] * sk_l + offs_dqk[None, :] * sk_d,
-                    mask=_tile_mask(k_ok, offs_dqk, D_QK, BLOCK_DQK), other=0.0)
-        gT = tl.load(g_base + offs_dv[:, None] * sg_d + offs_n[None, :] * sg_l,
-                     mask=_tile_mask_t(k_ok, offs_dv, D_V, BLOCK_DV), other=0.0)
-        if UPCAST_DOT:
-            k = k.to(tl.float32)
-            gT = gT.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        p = tl.where(k_ok[None, :] & q_ok[:, None], tl.math.exp2(s - lse[:, None]), 0.0)
-        gv = tl.dot(v, gT, input_precision=DOT_PRECISION)  # (queries, keys): G_j · v_i
-        ds = p * (gv - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+    if NEED_DQ:
+        dq = tl.zeros([BLOCK_M, BLOCK_DQK], dtype=tl.float32)
+        for n0 in range(0, L, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            k_ok = offs_n < L
+            k = tl.load(k_base + offs_n[:, None] * sk_l + offs_dqk[None, :] * sk_d,
+                        mask=_tile_mask(k_ok, offs_dqk, D_QK, BLOCK_DQK), other=0.0)
+            gT = tl.load(g_base + offs_dv[:, None] * sg_d + offs_n[None, :] * sg_l,
+                         mask=_tile_mask_t(k_ok, offs_dv, D_V, BLOCK_DV), other=0.0)
+            if UPCAST_DOT:
+                k = k.to(tl.float32)
+                gT = gT.to(tl.float32)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+            p = tl.where(k_ok[None, :] & q_ok[:, None], tl.math.exp2(s - lse[:, None]), 0.0)
+            gv = tl.dot(v, gT, input_precision=DOT_PRECISION)  # (queries, keys): G_j · v_i
+            ds = p * (gv - delta[:, None])
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
 
-    tl.store(DQ + b * sdq_b + h * sdq_h + offs_m[:, None] * sdq_l + offs_dqk[None, :] * sdq_d,
-             (dq * (w * scale)[:, None]).to(DQ.dtype.element_ty),
-             mask=_tile_mask(q_ok, offs_dqk, D_QK, BLOCK_DQK))
+        tl.store(DQ + b * sdq_b + h * sdq_h + offs_m[:, None] * sdq_l + offs_dqk[None, :] * sdq_d,
+                 (dq * (w * scale)[:, None]).to(DQ.dtype.element_ty),
+                 mask=_tile_mask(q_ok, offs_dqk, D_QK, BLOCK_DQK))
 
 
 @triton.jit
@@ -320,8 +325,6 @@ def _ra_bwd_k(
              mask=_tile_mask(k_ok, offs_dqk, D_QK, BLOCK_DQK))
 
 
-
-
 class _Problem:
     def __init__(self, q, v, scale):
         self.B, self.heads, self.L, self.d_qk = q.shape
@@ -366,10 +369,10 @@ def _lse(q, k, pb):
 def _forward(q, k, v, weights, pb, return_scores):
     out = torch.empty(pb.B, pb.L, pb.heads, pb.d_v, dtype=q.dtype,
                       device=q.device).permute(0, 2, 1, 3)
-    mask = torch.zeros(pb.B, pb.L, pb.L, dtype=q.dtype, device=q.device) if return_scores \
+    scores = torch.zeros(pb.B, pb.L, pb.L, dtype=q.dtype, device=q.device) if return_scores \
         else q.new_empty(0)
     if pb.empty:
-        return out.zero_(), mask, torch.zeros(pb.B * pb.heads, pb.L, device=q.device)
+        return out.zero_(), scores, torch.zeros(pb.B * pb.heads, pb.L, device=q.device)
     lse = _lse(q, k, pb)
     w, sw, has_w = _w_args(weights, q)
     _ra_col[(pb.B * pb.heads * pb.tiles,)](
@@ -377,91 +380,72 @@ def _forward(q, k, v, weights, pb, return_scores):
         pb.heads, pb.L, pb.tiles, pb.scale, HAS_W=has_w, **pb.constexprs(q.dtype))
     if return_scores:
         _ra_mask[(pb.B * pb.tiles * pb.tiles,)](
-            q, k, w, lse, mask, *q.stride(), *k.stride(), *sw,
+            q, k, w, lse, scores, *q.stride(), *k.stride(), *sw,
             pb.heads, pb.L, pb.tiles, pb.tiles, pb.scale, HAS_W=has_w,
             **pb.constexprs(q.dtype, with_dv=False))
-    return out, mask, lse
+    return out, scores, lse
 
 
-def _backward(dout, q, k, v, weights, lse, pb):
-    dq, dk, dv = (torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+def _backward(dout, q, k, v, weights, lse, pb, need_dq, need_dk, need_dv):
+    """``(dq, dk, dv, delta)``, the gradients not asked for None; ``delta`` (= dw) always, as dq
+    and dk need it."""
+    dq, dk, dv = (torch.empty_like(t, memory_format=torch.contiguous_format) if need else None
+                  for t, need in ((q, need_dq), (k, need_dk), (v, need_dv)))
     delta = torch.zeros(pb.B * pb.heads, pb.L, dtype=torch.float32, device=q.device)
     if pb.empty:
-        return dq.zero_(), dk.zero_(), dv.zero_(), delta
+        return (*(None if g is None else g.zero_() for g in (dq, dk, dv)), delta)
     w, sw, has_w = _w_args(weights, q)
+    # Gradients not asked for are never written: their inputs stand in as pointers.
+    dq_, dk_, dv_ = (t if g is None else g for g, t in ((dq, q), (dk, k), (dv, v)))
     grid = (pb.B * pb.heads * pb.tiles,)
     consts = pb.constexprs(q.dtype)
     _ra_bwd_q[grid](
-        q, k, v, w, dout, lse, dq, dv, delta,
-        *q.stride(), *k.stride(), *v.stride(), *sw, *dout.stride(), *dq.stride(), *dv.stride(),
-        pb.heads, pb.L, pb.tiles, pb.scale, HAS_W=has_w, **consts)
-    _ra_bwd_k[grid](
-        q, k, v, w, dout, lse, delta, dk,
-        *q.stride(), *k.stride(), *v.stride(), *sw, *dout.stride(), *dk.stride(),
-        pb.heads, pb.L, pb.tiles, pb.scale, HAS_W=has_w, **consts)
+        q, k, v, w, dout, lse, dq_, dv_, delta,
+        *q.stride(), *k.stride(), *v.stride(), *sw, *dout.stride(), *dq_.stride(), *dv_.stride(),
+        pb.heads, pb.L, pb.tiles, pb.scale, HAS_W=has_w, NEED_DV=need_dv, NEED_DQ=need_dq,
+        **consts)
+    if need_dk:
+        _ra_bwd_k[grid](
+            q, k, v, w, dout, lse, delta, dk_,
+            *q.stride(), *k.stride(), *v.stride(), *sw, *dout.stride(), *dk_.stride(),
+            pb.heads, pb.L, pb.tiles, pb.scale, HAS_W=has_w, **consts)
     return dq, dk, dv, delta
 
 
-# torch.library custom ops tied together by register_autograd: one opaque node each for
-# torch.compile / export (fake implementations give the shapes) and a name fvcore can count.
-
-@torch.library.custom_op("backbones::reversed_attention_fwd", mutates_args=())
-def _reversed_attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                               weights: Optional[torch.Tensor], scale: float,
-                               return_scores: bool
-                               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns ``(out, mask or empty, lse)``; lse ``(B * heads, L)`` float32, base 2."""
+def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                weights: Optional[torch.Tensor], scale: float, return_scores: bool,
+                for_backward: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(out, scores or empty, lse)``; lse ``(B * heads, L)`` float32, base 2 (pass 2 needs it
+    whether or not a backward follows)."""
     return _forward(q, k, v, weights, _Problem(q, v, scale), return_scores)
 
 
-@_reversed_attention_fwd_op.register_fake
-def _(q, k, v, weights, scale, return_scores):
+def _fake_forward(q, k, v, weights, scale, return_scores, for_backward):
     B, heads, L, _ = q.shape
     out = q.new_empty(B, L, heads, v.shape[-1]).permute(0, 2, 1, 3)
-    mask = q.new_empty(B, L, L) if return_scores else q.new_empty(0)
-    return out, mask, q.new_empty(B * heads, L, dtype=torch.float32)
+    scores = q.new_empty(B, L, L) if return_scores else q.new_empty(0)
+    return out, scores, q.new_empty(B * heads, L, dtype=torch.float32)
 
 
-@torch.library.custom_op("backbones::reversed_attention_bwd", mutates_args=())
-def _reversed_attention_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
-                               v: torch.Tensor, weights: Optional[torch.Tensor],
-                               lse: torch.Tensor, scale: float
-                               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns ``(dq, dk, dv, dw)``; ``dw`` is ``(B, heads, L)`` float32 (``v · P G``)."""
+def _backward_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 weights: Optional[torch.Tensor], lse: torch.Tensor, scale: float,
+                 return_scores: bool, needs_input_grad: List[bool]
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    need_dq, need_dk, need_dv, need_dw = needs_input_grad
     pb = _Problem(q, v, scale)
-    dq, dk, dv, delta = _backward(dout, q, k, v, weights, lse, pb)
-    return dq, dk, dv, delta.view(pb.B, pb.heads, pb.L)
+    dq, dk, dv, delta = _backward(dout, q, k, v, weights, lse, pb, need_dq, need_dk, need_dv)
+    dw = delta.view(pb.B, pb.heads, pb.L).to(q.dtype) if need_dw else None
+    return dq, dk, dv, dw
 
 
-@_reversed_attention_bwd_op.register_fake
-def _(dout, q, k, v, weights, lse, scale):
-    B, heads, L, _ = q.shape
-    return (*(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v)),
-            q.new_empty(B, heads, L, dtype=torch.float32))
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, weights, scale, _ = inputs
-    ctx.save_for_backward(q, k, v, weights, output[2])
-    ctx.scale = scale
-
-
-def _backward_rule(ctx, dout, dmask, dlse):
-    q, k, v, weights, lse = ctx.saved_tensors
-    need = ctx.needs_input_grad[:4]
-    if not any(need):
-        return None, None, None, None, None, None
-    dq, dk, dv, dw = _reversed_attention_bwd_op(dout, q, k, v, weights, lse, ctx.scale)
-    return (dq if need[0] else None, dk if need[1] else None, dv if need[2] else None,
-            dw.to(weights.dtype) if (need[3] and weights is not None) else None, None, None)
-
-
-_reversed_attention_fwd_op.register_autograd(_backward_rule, setup_context=_setup_context)
+# The scores output is detached (the reference's dependency mask takes no gradient either).
+FUSED_OP = FusedOp("reversed_attention", forward=_forward_op, backward=_backward_op,
+                   forward_fake=_fake_forward, outputs=("out", "scores", "lse"), results=2,
+                   saved=("lse",), differentiable=("q", "k", "v", "weights"))
 
 
 def reversed_attention_triton(q, k, v, weights, scale, return_scores):
     """Triton implementation of ``reversed_attention_reference``; arguments already validated by
     :func:`ops.reversed_attention` (``weights`` is None or expanded to ``(B, heads, L)``)."""
-    check_triton_supported("reversed_attention", q, v)
-    out, mask, _ = _reversed_attention_fwd_op(q, k, v, weights, scale, return_scores)
-    return (out, mask.detach()) if return_scores else out
+    out, scores = FUSED_OP(q, k, v, weights, float(scale), bool(return_scores))
+    return (out, scores) if return_scores else out

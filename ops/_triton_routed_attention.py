@@ -17,13 +17,13 @@ makes the CUDA backward raise; use ``backend='reference'`` there). Under the int
 run sequentially and are deterministic.
 """
 import warnings
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 import triton
 
 from . import _triton_blocksparse as bsa
-from ._checks import check_triton_supported
+from ._custom_op import FusedOp
 
 __all__ = ["routed_attention_triton"]
 
@@ -72,56 +72,30 @@ def _alert_not_deterministic():
         raise RuntimeError(msg)
 
 
-def _backward(q, k, v, region_index, out, lse, dout, region_size, scale, need_dq, need_dkdv):
-    if need_dkdv and q.is_cuda:
-        _alert_not_deterministic()
-    pattern = routed_pattern(q, v, region_index, region_size, scale)
-    return bsa.attention_backward(dout, q, k, v, out, lse, pattern, need_dq=need_dq,
-                                  need_dkdv=need_dkdv)[:3]
-
-
-# Custom ops (forward, backward) tied by register_autograd, as for the window op: torch.compile /
-# export see one opaque node each, eager autograd works, fvcore sees the forward by name.
-
-@torch.library.custom_op("backbones::routed_attention_fwd", mutates_args=())
-def _routed_attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                             region_index: torch.Tensor, region_h: int, region_w: int,
-                             scale: float, store_lse: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, region_index: torch.Tensor,
+             region_h: int, region_w: int, scale: float, for_backward: bool
+             ) -> Tuple[torch.Tensor, torch.Tensor]:
     pattern = routed_pattern(q, v, region_index, (region_h, region_w), scale)
-    return bsa.attention_forward(q, k, v, pattern, store_lse)
+    return bsa.attention_forward(q, k, v, pattern, store_lse=for_backward)
 
 
-@_routed_attention_fwd_op.register_fake
-def _(q, k, v, region_index, region_h, region_w, scale, store_lse):
-    B, heads, H, W, _ = q.shape
-    out = q.new_empty(B, H, W, heads, v.shape[-1]).permute(0, 3, 1, 2, 4)
-    lse = q.new_empty((B * heads, H * W) if store_lse else (1,), dtype=torch.float32)
-    return out, lse
+def _backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              region_index: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, region_h: int,
+              region_w: int, scale: float, needs_input_grad: List[bool]
+              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    need_dq, need_dk, need_dv = needs_input_grad
+    if (need_dk or need_dv) and q.is_cuda:
+        _alert_not_deterministic()
+    pattern = routed_pattern(q, v, region_index, (region_h, region_w), scale)
+    return bsa.attention_backward(dout, q, k, v, out, lse, pattern, need_dq=need_dq,
+                                  need_dkdv=need_dk or need_dv)[:3]
 
 
-@torch.library.custom_op("backbones::routed_attention_bwd", mutates_args=())
-def _routed_attention_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
-                             v: torch.Tensor, region_index: torch.Tensor, out: torch.Tensor,
-                             lse: torch.Tensor, region_h: int, region_w: int, scale: float,
-                             need_dq: bool, need_dkdv: bool
-                             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _backward(q, k, v, region_index, out, lse, dout, (region_h, region_w), scale,
-                     need_dq, need_dkdv)
-
-
-@_routed_attention_bwd_op.register_fake
-def _(dout, q, k, v, region_index, out, lse, region_h, region_w, scale, need_dq, need_dkdv):
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
-
-
-bsa.register_qkv_autograd(_routed_attention_fwd_op, _routed_attention_bwd_op, num_saved_inputs=4)
+FUSED_OP = FusedOp("routed_attention", forward=_forward, backward=_backward,
+                   forward_fake=bsa.fake_forward)
 
 
 def routed_attention_triton(q, k, v, region_index, region_size, scale):
     """Triton implementation of ``routed_attention_reference``; arguments already validated by
     :func:`ops.routed_attention_2d` (``region_index`` int64 in range, ``region_size`` ints)."""
-    check_triton_supported("routed_attention_2d", q, v)
-    store_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    out, _ = _routed_attention_fwd_op(q, k, v, region_index, *region_size, float(scale),
-                                      store_lse)
-    return out
+    return FUSED_OP(q, k, v, region_index, *region_size, float(scale))

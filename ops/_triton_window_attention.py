@@ -9,13 +9,13 @@ softmax); with ``"masked"`` they get ``-inf``. Windows never overlap, so the dK/
 window's keys and loops over the same window's queries; when a window fits one key block that
 pass also finishes dQ.
 """
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 import triton
 
 from . import _triton_blocksparse as bsa
-from ._checks import check_triton_supported
+from ._custom_op import FusedOp
 
 __all__ = ["window_attention_triton"]
 
@@ -52,7 +52,7 @@ def _launch_config(window_tokens, block_dqk, block_dv, backward):
 
 
 def window_pattern(q, v, window_size, window_offset, padding, scale):
-    """The WINDOW pattern of one call (also used by the benchmark and the HiLo Hi-Fi branch)."""
+    """The WINDOW pattern of one call."""
     H, W = q.shape[2:4]
     (wh, ww), (oy, ox) = window_size, window_offset
     windows_x = triton.cdiv(W + ox, ww)
@@ -68,54 +68,28 @@ def window_pattern(q, v, window_size, window_offset, padding, scale):
                        fwd, dq, dkdv, mask_oob=padding == "masked", fuse_dq=dkdv.blocks == 1)
 
 
-# The fused path is a pair of torch.library custom ops (forward, backward) tied together by
-# register_autograd: torch.compile / export see one opaque node each (no graph break, shapes from
-# the fake implementations), eager autograd works as with an autograd.Function, and fvcore sees
-# the forward by name (ops.flops counts it).
-
-@torch.library.custom_op("backbones::window_attention_fwd", mutates_args=())
-def _window_attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                             window_h: int, window_w: int, offset_y: int, offset_x: int,
-                             padding: str, scale: float, store_lse: bool
-                             ) -> Tuple[torch.Tensor, torch.Tensor]:
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window_h: int, window_w: int,
+             offset_y: int, offset_x: int, padding: str, scale: float, for_backward: bool
+             ) -> Tuple[torch.Tensor, torch.Tensor]:
     pattern = window_pattern(q, v, (window_h, window_w), (offset_y, offset_x), padding, scale)
-    return bsa.attention_forward(q, k, v, pattern, store_lse)
+    return bsa.attention_forward(q, k, v, pattern, store_lse=for_backward)
 
 
-@_window_attention_fwd_op.register_fake
-def _(q, k, v, window_h, window_w, offset_y, offset_x, padding, scale, store_lse):
-    B, heads, H, W, _ = q.shape
-    out = q.new_empty(B, H, W, heads, v.shape[-1]).permute(0, 3, 1, 2, 4)
-    lse = q.new_empty((B * heads, H * W) if store_lse else (1,), dtype=torch.float32)
-    return out, lse
-
-
-@torch.library.custom_op("backbones::window_attention_bwd", mutates_args=())
-def _window_attention_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
-                             v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-                             window_h: int, window_w: int, offset_y: int, offset_x: int,
-                             padding: str, scale: float, need_dq: bool, need_dkdv: bool
-                             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              out: torch.Tensor, lse: torch.Tensor, window_h: int, window_w: int, offset_y: int,
+              offset_x: int, padding: str, scale: float, needs_input_grad: List[bool]
+              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    need_dq, need_dk, need_dv = needs_input_grad
     pattern = window_pattern(q, v, (window_h, window_w), (offset_y, offset_x), padding, scale)
     return bsa.attention_backward(dout, q, k, v, out, lse, pattern, need_dq=need_dq,
-                                  need_dkdv=need_dkdv)[:3]
+                                  need_dkdv=need_dk or need_dv)[:3]
 
 
-@_window_attention_bwd_op.register_fake
-def _(dout, q, k, v, out, lse, window_h, window_w, offset_y, offset_x, padding, scale, need_dq,
-      need_dkdv):
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
-
-
-bsa.register_qkv_autograd(_window_attention_fwd_op, _window_attention_bwd_op)
+FUSED_OP = FusedOp("window_attention", forward=_forward, backward=_backward,
+                   forward_fake=bsa.fake_forward)
 
 
 def window_attention_triton(q, k, v, window_size, window_offset, padding, scale):
     """Triton implementation of ``window_attention_reference``; arguments already validated by
     :func:`ops.window_attention_2d` (``window_size``/``window_offset`` are int pairs)."""
-    check_triton_supported("window_attention_2d", q, v)
-    # The log-sum-exp is only needed (and stored) when a gradient will be asked for.
-    store_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    out, _ = _window_attention_fwd_op(q, k, v, *window_size, *window_offset, padding,
-                                      float(scale), store_lse)
-    return out
+    return FUSED_OP(q, k, v, *window_size, *window_offset, padding, float(scale))

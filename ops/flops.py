@@ -1,15 +1,29 @@
-"""fvcore counting rules for the attention ops, so GMAC tables count attention like the papers do
-(one multiply-add = one MAC; ``q kᵀ`` and ``attn v``, softmax and masks not counted).
+"""MAC counts of the attention ops, and fvcore counting rules for them, so GMAC tables count
+attention like the papers do (one multiply-add = one MAC; ``q kᵀ`` and ``attn v``, softmax and
+masks not counted).
 
     analysis = fvcore.nn.FlopCountAnalysis(model, x)
     analysis.set_op_handle(**ops.flops.fvcore_handles())
 
 fvcore's own rules count neither ``aten::scaled_dot_product_attention`` (the reference path) nor
-custom ops (the fused path); both paths count the same work.
+custom ops (the fused path); both paths count the same work. Each op's ``*_macs`` lives beside the
+op; the rules here read a traced call's arguments by their schema names, so they keep counting
+right whatever order a schema lists its arguments in.
 """
 import math
 
-__all__ = ["fvcore_handles", "sdpa_macs", "window_attention_macs"]
+import torch
+
+from .halo_attention import halo_attention_macs
+from .masked_attention import masked_attention_macs
+from .neighborhood_attention import neighborhood_attention_macs
+from .reversed_attention import reversed_attention_macs
+from .routed_attention import routed_attention_macs
+from .window_attention import window_attention_macs
+
+__all__ = ["fvcore_handles", "schema_handle", "sdpa_macs", "window_attention_macs",
+           "routed_attention_macs", "halo_attention_macs", "neighborhood_attention_macs",
+           "masked_attention_macs", "reversed_attention_macs"]
 
 
 def sdpa_macs(q_shape, k_shape, v_shape):
@@ -20,68 +34,52 @@ def sdpa_macs(q_shape, k_shape, v_shape):
     return batch * q_shape[-2] * k_shape[-2] * (q_shape[-1] + v_shape[-1])
 
 
-def window_attention_macs(q_shape, v_shape, window_size, window_offset):
-    """Every query against every key of its window, padded windows counted whole (as the
-    reference's SDPA over padded windows computes them)."""
-    from .window_attention import window_grid
-    B, heads, H, W, d_qk = q_shape
-    (nwy, nwx), _ = window_grid((H, W), window_size, window_offset)
-    tokens = window_size[0] * window_size[1]
-    return B * heads * nwy * nwx * tokens * tokens * (d_qk + v_shape[-1])
+# ``{op: count(**arguments)}``: tensors arrive as their shapes, other arguments as their values,
+# under their schema names; ``**_`` takes the arguments a count does not need.
+_COUNTS = {
+    "aten::scaled_dot_product_attention":
+        lambda query, key, value, **_: sdpa_macs(query, key, value),
+    "backbones::window_attention_fwd":
+        lambda q, v, window_h, window_w, offset_y, offset_x, **_: window_attention_macs(
+            q, v, (window_h, window_w), (offset_y, offset_x)),
+    "backbones::routed_attention_fwd":
+        lambda q, v, region_index, region_h, region_w, **_: routed_attention_macs(
+            q, v, region_index[-1], (region_h, region_w)),
+    "backbones::halo_attention_fwd":
+        lambda q, v, block_size, halo_size, **_: halo_attention_macs(
+            q, v, block_size, halo_size),
+    "backbones::neighborhood_attention_fwd":
+        lambda q, v, kernel_h, kernel_w, **_: neighborhood_attention_macs(
+            q, v, (kernel_h, kernel_w)),
+    "backbones::masked_attention_fwd":
+        lambda q, k, v, **_: masked_attention_macs(q, k, v),
+    "backbones::reversed_attention_fwd":
+        lambda q, v, **_: reversed_attention_macs(q, v),
+}
 
 
-def _sizes(value):
-    return value.type().sizes()
+def _argument(value):
+    if isinstance(value.type(), torch._C.TensorType):
+        return tuple(value.type().sizes())
+    return value.toIValue()
 
 
-def _sdpa_jit(inputs, outputs):
-    return sdpa_macs(*(_sizes(t) for t in inputs[:3]))
+def _schema(qualname):
+    namespace, name = qualname.split("::")
+    return getattr(getattr(torch.ops, namespace), name).default._schema
 
 
-def _window_attention_jit(inputs, outputs):
-    q, v = _sizes(inputs[0]), _sizes(inputs[2])
-    window_h, window_w, offset_y, offset_x = (i.toIValue() for i in inputs[3:7])
-    return window_attention_macs(q, v, (window_h, window_w), (offset_y, offset_x))
+def schema_handle(qualname, count):
+    """An fvcore handle for the op ``qualname`` that calls ``count`` with the traced call's
+    arguments by schema name (tensors as shapes)."""
 
+    def handle(inputs, outputs):
+        names = [arg.name for arg in _schema(qualname).arguments]
+        return count(**{name: _argument(v) for name, v in zip(names, inputs, strict=True)})
 
-def _routed_attention_jit(inputs, outputs):
-    from .routed_attention import routed_attention_macs
-    q, v, index = (_sizes(inputs[i]) for i in (0, 2, 3))
-    return routed_attention_macs(q, v, index[-1], (inputs[4].toIValue(), inputs[5].toIValue()))
-
-
-def _halo_attention_jit(inputs, outputs):
-    from .halo_attention import halo_attention_macs
-    q, v = _sizes(inputs[0]), _sizes(inputs[2])
-    block_size, halo_size = (i.toIValue() for i in inputs[5:7])
-    return halo_attention_macs(q, v, block_size, halo_size)
-
-
-def _neighborhood_attention_jit(inputs, outputs):
-    from .neighborhood_attention import neighborhood_attention_macs
-    q, v = _sizes(inputs[0]), _sizes(inputs[2])
-    kernel_h, kernel_w = (i.toIValue() for i in inputs[3:5])
-    return neighborhood_attention_macs(q, v, (kernel_h, kernel_w))
-
-
-def _masked_attention_jit(inputs, outputs):
-    from .masked import masked_attention_macs
-    return masked_attention_macs(*(_sizes(inputs[i]) for i in range(3)))
-
-
-def _reversed_attention_jit(inputs, outputs):
-    from .reversed import reversed_attention_macs
-    return reversed_attention_macs(_sizes(inputs[0]), _sizes(inputs[2]))
+    return handle
 
 
 def fvcore_handles():
     """``{op name: fvcore handle}`` for every attention op the zoo's models can run."""
-    return {
-        "aten::scaled_dot_product_attention": _sdpa_jit,
-        "backbones::window_attention_fwd": _window_attention_jit,
-        "backbones::routed_attention_fwd": _routed_attention_jit,
-        "backbones::halo_attention_fwd": _halo_attention_jit,
-        "backbones::neighborhood_attention_fwd": _neighborhood_attention_jit,
-        "backbones::masked_attention_fwd": _masked_attention_jit,
-        "backbones::reversed_attention_fwd": _reversed_attention_jit,
-    }
+    return {qualname: schema_handle(qualname, count) for qualname, count in _COUNTS.items()}

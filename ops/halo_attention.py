@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ._fx import fx_leaf
-from ._backend import resolve_backend
+from ._backend import select_backend
 from ._checks import check_qkv
 
 __all__ = ["halo_attention_2d", "halo_attention_reference", "halo_attention_macs",
@@ -232,10 +232,11 @@ def halo_attention_2d(q, k, v, block_size, halo_size, *, stride=1, rel_pos=None,
     block_size, halo_size, stride = _check_inputs(q, k, v, block_size, halo_size, stride, rel_pos)
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    if resolve_backend(backend, q) == "triton":
+    if select_backend("halo_attention_2d", backend, q, v) == "triton":
         from ._triton_halo_attention import halo_attention_triton
-        return halo_attention_triton(q, k, v, block_size, halo_size, stride, rel_pos,
-                                     float(scale), bool(scale_pos_embed))
+        rel_logits = None if rel_pos is None else halo_rel_logits(
+            q, tuple(rel_pos), scale if scale_pos_embed else 1.0)
+        return halo_attention_triton(q, k, v, rel_logits, block_size, halo_size, stride, scale)
     return _reference(q, k, v, block_size, halo_size, stride,
                       None if rel_pos is None else tuple(rel_pos), scale, bool(scale_pos_embed))
 

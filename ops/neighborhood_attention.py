@@ -24,7 +24,7 @@ heads-last, ``(B, H, W, heads, d)``: ``x.permute(0, 3, 1, 2, 4)`` converts for f
 import torch
 
 from ._fx import fx_leaf
-from ._backend import resolve_backend
+from ._backend import select_backend
 from ._checks import check_qkv
 
 __all__ = ["neighborhood_attention_2d", "neighborhood_attention_reference",
@@ -117,7 +117,7 @@ def neighborhood_attention_2d(q, k, v, kernel_size, *, dilation=1, scale=None, b
     kernel_size, dilation = _check_inputs(q, k, v, kernel_size, dilation)
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    if resolve_backend(backend, q) == "triton":
+    if select_backend("neighborhood_attention_2d", backend, q, v) == "triton":
         from ._triton_neighborhood_attention import neighborhood_attention_triton
         return neighborhood_attention_triton(q, k, v, kernel_size, dilation, float(scale))
     return neighborhood_attention_reference(q, k, v, kernel_size, dilation, scale)

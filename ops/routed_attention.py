@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ._fx import fx_leaf
-from ._backend import resolve_backend
+from ._backend import select_backend
 from ._checks import check_qkv
 
 __all__ = ["routed_attention_2d", "routed_attention_macs", "routed_attention_reference",
@@ -86,6 +86,19 @@ def _check_region_index(region_index, batch, num_regions, device):
                 f"region_index values must lie in [0, {num_regions - 1}] (the grid has "
                 f"{num_regions} regions), got values in [{lo}, {hi}]")
     return region_index
+
+
+def nondeterministic_backward_limit(device, needs_dkdv):
+    """The fused backward adds dK/dV up with fp32 atomics, in an order that varies between runs on
+    a GPU: under ``torch.use_deterministic_algorithms(True)`` (not ``warn_only``) the kernel
+    cannot take a call that will need them. The interpreter runs programs in order."""
+    if (device.type == "cuda" and needs_dkdv and torch.are_deterministic_algorithms_enabled()
+            and not torch.is_deterministic_algorithms_warn_only_enabled()):
+        return RuntimeError(
+            "the triton routed_attention_2d backward accumulates dK/dV with fp32 atomics and is "
+            "not deterministic, and torch.use_deterministic_algorithms(True) is set; pass "
+            "backend='reference'")
+    return None
 
 
 def to_regions(x, region_size):
@@ -166,19 +179,15 @@ def routed_attention_2d(q, k, v, region_index, region_size, *, scale=None, backe
     region_index = _check_region_index(region_index, q.shape[0], num_regions, q.device)
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    if resolve_backend(backend, q) == "triton":
+    needs_dkdv = torch.is_grad_enabled() and (k.requires_grad or v.requires_grad)
+    if select_backend("routed_attention_2d", backend, q, v,
+                      lambda: nondeterministic_backward_limit(q.device, needs_dkdv)) == "triton":
         from ._triton_routed_attention import routed_attention_triton
         return routed_attention_triton(q, k, v, region_index, region_size, float(scale))
     return routed_attention_reference(q, k, v, region_index, region_size, scale)
 
 
 def routed_attention_macs(q_shape, v_shape, topk, region_size):
-    """Multiply-adds of ``q kᵀ`` and ``attn v``: every query against ``topk * rh * rw`` keys.
-
-    fvcore handle for the fused op (``ops.flops``)::
-
-        "backbones::routed_attention_fwd": lambda i, o: routed_attention_macs(
-            _sizes(i[0]), _sizes(i[2]), _sizes(i[3])[-1], (i[4].toIValue(), i[5].toIValue()))
-    """
+    """Multiply-adds of ``q kᵀ`` and ``attn v``: every query against ``topk * rh * rw`` keys."""
     B, heads, H, W, d_qk = q_shape
     return B * heads * H * W * topk * region_size[0] * region_size[1] * (d_qk + v_shape[-1])

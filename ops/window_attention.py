@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 
 from ._fx import fx_leaf
-from ._backend import resolve_backend
+from ._backend import select_backend
 from ._checks import check_qkv
 
 PADDING_MODES = ("zeros", "masked")
 
-__all__ = ["window_attention_2d", "window_depthwise_conv2d", "centered_window_offset",
-           "window_grid"]
+__all__ = ["window_attention_2d", "window_attention_macs", "window_depthwise_conv2d",
+           "centered_window_offset", "window_grid"]
 
 
 @fx_leaf
@@ -150,10 +150,19 @@ def window_attention_2d(q, k, v, window_size=None, *, window_offset=(0, 0), padd
     window_size, window_offset = _check_window(q.shape[2:4], window_size, window_offset)
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    if resolve_backend(backend, q) == "triton":
+    if select_backend("window_attention_2d", backend, q, v) == "triton":
         from ._triton_window_attention import window_attention_triton
         return window_attention_triton(q, k, v, window_size, window_offset, padding, float(scale))
     return window_attention_reference(q, k, v, window_size, window_offset, padding, scale)
+
+
+def window_attention_macs(q_shape, v_shape, window_size, window_offset):
+    """MACs of ``q kᵀ`` and ``attn v``: every query against every key of its window, padded
+    windows counted whole (as the reference's SDPA over padded windows computes them)."""
+    B, heads, H, W, d_qk = q_shape
+    (nwy, nwx), _ = window_grid((H, W), window_size, window_offset)
+    tokens = window_size[0] * window_size[1]
+    return B * heads * nwy * nwx * tokens * tokens * (d_qk + v_shape[-1])
 
 
 @fx_leaf

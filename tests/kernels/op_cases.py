@@ -29,6 +29,8 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 # no autograd of its own).
 FORWARD_OP_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor")
 BACKWARD_OP_TESTS = ("test_schema", "test_faketensor")
+# A backward op's needs_input_grad asking for every gradient (the first n for n inputs).
+_ALL_GRADS = [True] * 5
 
 
 @dataclass(frozen=True)
@@ -135,21 +137,19 @@ def _window_fwd_args(padding):
 
 def _window_bwd_args(q, k, v):
     fixed = (*_WINDOW, *_WINDOW_OFFSET, "masked", 0.25)
-    out, lse = window_tri._window_attention_fwd_op(q, k, v, *fixed, True)
+    out, lse = window_tri.FUSED_OP.forward_op(q, k, v, *fixed, True)
     return (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out.detach(), lse,
-            *fixed, True, True)
+            *fixed, _ALL_GRADS[:3])
 
 
 WINDOW_ATTENTION = OpCase(
     "window_attention_2d", ops.window_attention_2d, _window_inputs, _window_call,
     variants={"zeros": {"padding": "zeros"}, "masked": {"padding": "masked"}},
-    opchecks=(OpCheck("fwd-zeros", window_tri._window_attention_fwd_op, _window_fwd_args("zeros")),
-              OpCheck("fwd-masked", window_tri._window_attention_fwd_op,
-                      _window_fwd_args("masked")),
-              OpCheck("bwd", window_tri._window_attention_bwd_op, _window_bwd_args,
+    opchecks=(OpCheck("fwd-zeros", window_tri.FUSED_OP.forward_op, _window_fwd_args("zeros")),
+              OpCheck("fwd-masked", window_tri.FUSED_OP.forward_op, _window_fwd_args("masked")),
+              OpCheck("bwd", window_tri.FUSED_OP.backward_op, _window_bwd_args,
                       BACKWARD_OP_TESTS)),
-    macs=lambda q, k, v: ops.flops.window_attention_macs(q.shape, v.shape, _WINDOW,
-                                                         _WINDOW_OFFSET),
+    macs=lambda q, k, v: ops.window_attention_macs(q.shape, v.shape, _WINDOW, _WINDOW_OFFSET),
 )
 
 
@@ -192,16 +192,16 @@ def _routed_fwd_args(store_lse):
 
 
 def _routed_bwd_args(q, k, v, index):
-    out, lse = routed_tri._routed_attention_fwd_op(q, k, v, index, *_REGION, 0.25, True)
+    out, lse = routed_tri.FUSED_OP.forward_op(q, k, v, index, *_REGION, 0.25, True)
     return (torch.randn_like(out), q.detach(), k.detach(), v.detach(), index, out.detach(), lse,
-            *_REGION, 0.25, True, True)
+            *_REGION, 0.25, _ALL_GRADS[:3])
 
 
 ROUTED_ATTENTION = OpCase(
     "routed_attention_2d", ops.routed_attention_2d, _routed_inputs, _routed_call,
-    opchecks=(OpCheck("fwd-lse", routed_tri._routed_attention_fwd_op, _routed_fwd_args(True)),
-              OpCheck("fwd-no-lse", routed_tri._routed_attention_fwd_op, _routed_fwd_args(False)),
-              OpCheck("bwd", routed_tri._routed_attention_bwd_op, _routed_bwd_args,
+    opchecks=(OpCheck("fwd-lse", routed_tri.FUSED_OP.forward_op, _routed_fwd_args(True)),
+              OpCheck("fwd-no-lse", routed_tri.FUSED_OP.forward_op, _routed_fwd_args(False)),
+              OpCheck("bwd", routed_tri.FUSED_OP.backward_op, _routed_bwd_args,
                       BACKWARD_OP_TESTS)),
     macs=lambda q, k, v, index: ops.routed_attention_macs(q.shape, v.shape, _TOPK, _REGION),
 )
@@ -241,12 +241,14 @@ def _halo_fwd_args(bias):
     return args
 
 
-def _halo_bwd_args(q, k, v, rel_h, rel_w):
-    rh, rw = (t.detach() for t in _halo_logits(q, rel_h, rel_w))
-    fixed = (_BLOCK, _HALO, _STRIDE, 0.3)
-    out, lse = halo_tri._halo_attention_fwd_op(q, k, v, rh, rw, *fixed, True)
-    return (torch.randn_like(out), q.detach(), k.detach(), v.detach(), rh, rw, out.detach(), lse,
-            *fixed)
+def _halo_bwd_args(needs_input_grad):
+    def args(q, k, v, rel_h, rel_w):
+        rh, rw = (t.detach() for t in _halo_logits(q, rel_h, rel_w))
+        fixed = (_BLOCK, _HALO, _STRIDE, 0.3)
+        out, lse = halo_tri.FUSED_OP.forward_op(q, k, v, rh, rw, *fixed, True)
+        return (torch.randn_like(out), q.detach(), k.detach(), v.detach(), rh, rw, out.detach(),
+                lse, *fixed, needs_input_grad)
+    return args
 
 
 def _halo_macs(q, k, v, rel_h, rel_w):
@@ -257,10 +259,12 @@ def _halo_macs(q, k, v, rel_h, rel_w):
 
 HALO_ATTENTION = OpCase(
     "halo_attention_2d", ops.halo_attention_2d, _halo_inputs, _halo_call, view=_halo_view,
-    opchecks=(OpCheck("fwd-no-bias", halo_tri._halo_attention_fwd_op, _halo_fwd_args(False)),
-              OpCheck("fwd-bias", halo_tri._halo_attention_fwd_op, _halo_fwd_args(True)),
-              OpCheck("bwd", halo_tri._halo_attention_bwd_op, _halo_bwd_args,
-                      BACKWARD_OP_TESTS)),
+    opchecks=(OpCheck("fwd-no-bias", halo_tri.FUSED_OP.forward_op, _halo_fwd_args(False)),
+              OpCheck("fwd-bias", halo_tri.FUSED_OP.forward_op, _halo_fwd_args(True)),
+              OpCheck("bwd", halo_tri.FUSED_OP.backward_op, _halo_bwd_args(_ALL_GRADS[:5]),
+                      BACKWARD_OP_TESTS),
+              OpCheck("bwd-q-only", halo_tri.FUSED_OP.backward_op,
+                      _halo_bwd_args([True, False, False, False, False]), BACKWARD_OP_TESTS)),
     macs=_halo_macs,
 )
 
@@ -282,17 +286,16 @@ def _na_call(q, k, v, backend):
 
 def _na_bwd_args(q, k, v):
     fixed = (*_KERNEL, *_DILATION, 0.25)
-    out, lse = na_tri._neighborhood_attention_fwd_op(q, k, v, *fixed, True)
+    out, lse = na_tri.FUSED_OP.forward_op(q, k, v, *fixed, True)
     return (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out.detach(), lse, *fixed,
-            True, True)
+            _ALL_GRADS[:3])
 
 
 NEIGHBORHOOD_ATTENTION = OpCase(
     "neighborhood_attention_2d", ops.neighborhood_attention_2d, _na_inputs, _na_call,
-    opchecks=(OpCheck("fwd", na_tri._neighborhood_attention_fwd_op,
+    opchecks=(OpCheck("fwd", na_tri.FUSED_OP.forward_op,
                       lambda q, k, v: (q, k, v, *_KERNEL, *_DILATION, 0.25, True)),
-              OpCheck("bwd", na_tri._neighborhood_attention_bwd_op, _na_bwd_args,
-                      BACKWARD_OP_TESTS)),
+              OpCheck("bwd", na_tri.FUSED_OP.backward_op, _na_bwd_args, BACKWARD_OP_TESTS)),
     macs=lambda q, k, v: ops.neighborhood_attention_macs(q.shape, v.shape, _KERNEL),
 )
 
@@ -327,9 +330,9 @@ def _masked_fwd_args(packed):
 def _masked_bwd_args(packed):
     def args(q, k, v, mask):
         mask = mask if packed else _as_bool(mask, k)
-        out, lse = masked_tri._masked_attention_fwd_op(q, k, v, mask, 0.25, True)
+        out, lse = masked_tri.FUSED_OP.forward_op(q, k, v, mask, 0.25, True)
         return (torch.randn_like(out), q.detach(), k.detach(), v.detach(), mask, out.detach(),
-                lse, 0.25, True, True)
+                lse, 0.25, _ALL_GRADS[:3])
     return args
 
 
@@ -337,8 +340,8 @@ MASKED_ATTENTION = OpCase(
     "masked_attention", ops.masked_attention, _masked_inputs, _masked_call,
     opchecks=tuple(
         check for packed, form in ((False, "bool"), (True, "packed")) for check in (
-            OpCheck(f"fwd-{form}", masked_tri._masked_attention_fwd_op, _masked_fwd_args(packed)),
-            OpCheck(f"bwd-{form}", masked_tri._masked_attention_bwd_op, _masked_bwd_args(packed),
+            OpCheck(f"fwd-{form}", masked_tri.FUSED_OP.forward_op, _masked_fwd_args(packed)),
+            OpCheck(f"bwd-{form}", masked_tri.FUSED_OP.backward_op, _masked_bwd_args(packed),
                     BACKWARD_OP_TESTS))),
     macs=lambda q, k, v, mask: ops.masked_attention_macs(q.shape, k.shape, v.shape),
 )
@@ -363,23 +366,28 @@ def _reversed_call(q, k, v, weights, backend):
 
 
 def _reversed_fwd_args(weighted, return_scores):
-    return lambda q, k, v, w: (q, k, v, w if weighted else None, 0.25, return_scores)
+    return lambda q, k, v, w: (q, k, v, w if weighted else None, 0.25, return_scores, True)
 
 
-def _reversed_bwd_args(q, k, v, w):
-    out, _, lse = reversed_tri._reversed_attention_fwd_op(q, k, v, w, 0.25, False)
-    return (torch.randn_like(out), q.detach(), k.detach(), v.detach(), w.detach(), lse, 0.25)
+def _reversed_bwd_args(needs_input_grad):
+    def args(q, k, v, w):
+        out, _, lse = reversed_tri.FUSED_OP.forward_op(q, k, v, w, 0.25, False, True)
+        return (torch.randn_like(out), q.detach(), k.detach(), v.detach(), w.detach(), lse, 0.25,
+                False, needs_input_grad)
+    return args
 
 
 REVERSED_ATTENTION = OpCase(
     "reversed_attention", ops.reversed_attention, _reversed_inputs, _reversed_call,
     view=_reversed_view,
-    opchecks=(OpCheck("fwd-weights-scores", reversed_tri._reversed_attention_fwd_op,
+    opchecks=(OpCheck("fwd-weights-scores", reversed_tri.FUSED_OP.forward_op,
                       _reversed_fwd_args(True, True)),
-              OpCheck("fwd-no-weights", reversed_tri._reversed_attention_fwd_op,
+              OpCheck("fwd-no-weights", reversed_tri.FUSED_OP.forward_op,
                       _reversed_fwd_args(False, False)),
-              OpCheck("bwd", reversed_tri._reversed_attention_bwd_op, _reversed_bwd_args,
-                      BACKWARD_OP_TESTS)),
+              OpCheck("bwd", reversed_tri.FUSED_OP.backward_op,
+                      _reversed_bwd_args(_ALL_GRADS[:4]), BACKWARD_OP_TESTS),
+              OpCheck("bwd-q-only", reversed_tri.FUSED_OP.backward_op,
+                      _reversed_bwd_args([True, False, False, False]), BACKWARD_OP_TESTS)),
     macs=lambda q, k, v, w: ops.reversed_attention_macs(q.shape, v.shape),
 )
 

@@ -108,8 +108,8 @@ def test_reference_strided_views_and_default_scale():
 
 
 def test_reference_chunked_queries_match(monkeypatch):
-    # ops.reversed_attention is the function; the module lives in sys.modules.
-    ra = importlib.import_module("ops.reversed")
+    # ops.reversed_attention is the function; the module of that name lives in sys.modules.
+    ra = importlib.import_module("ops.reversed_attention")
     q, k, v = (_randn(2, 2, 11, 8, dtype=torch.float64, seed=s) for s in range(3))
     w = _rand(2, 2, 11, dtype=torch.float64, seed=3)
     whole = ra.reversed_attention(q, k, v, w, return_scores=True, backend="reference")

@@ -1,7 +1,8 @@
 """ops.window_attention_2d: the reference against a hand-written definition, the Triton path
-against the reference (forward and backward), backend selection, input validation and FLOP
-counting. The checks every op shares (opcheck, torch.compile, fp16 / bf16 in both padding modes,
-partial gradients, empty batch, fx, fvcore, ...) run from op_cases.py in test_op_contract.py.
+against the reference (forward and backward), input validation and FLOP counting (backend
+selection: test_backend.py). The checks every op shares (opcheck, torch.compile, fp16 / bf16 in
+both padding modes, partial gradients, empty batch, fx, fvcore, ...) run from op_cases.py in
+test_op_contract.py.
 
 Shapes stay tiny: without a GPU the Triton path runs in the interpreter (~ms per program).
 """
@@ -11,10 +12,7 @@ import pytest
 import torch
 
 import ops
-from ops import _backend
 from ops import _triton_blocksparse as tri
-from ops import _triton_window_attention as window_triton
-from ops.window_attention import window_attention_reference
 from harness import DEVICE, assert_backends_match, fvcore_totals
 
 
@@ -211,78 +209,6 @@ def test_triton_rejects_head_dim_above_256():
         ops.window_attention_2d(q, k, v, (2, 2), backend="triton")
 
 
-# --------------------------------------------------------------------------- backend selection
-
-
-@pytest.fixture
-def no_backend_env(monkeypatch):
-    monkeypatch.delenv(_backend.ENV_VAR, raising=False)
-    return monkeypatch
-
-
-def test_triton_on_cpu_without_interpreter_is_a_clear_error(no_backend_env):
-    no_backend_env.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-        _backend.resolve_backend("triton", torch.zeros(1))
-
-
-def test_triton_not_installed_is_a_clear_error(no_backend_env):
-    no_backend_env.setattr(_backend, "triton_available", lambda: False)
-    with pytest.raises(RuntimeError, match="pip install triton"):
-        _backend.resolve_backend("triton", torch.zeros(1, device=DEVICE))
-    assert _backend.resolve_backend(None, torch.zeros(1, device=DEVICE)) == "reference"
-
-
-def test_default_backend_follows_device(no_backend_env):
-    expected = "triton" if DEVICE.type == "cuda" else "reference"
-    assert _backend.resolve_backend(None, torch.zeros(1, device=DEVICE)) == expected
-    assert ops.current_default_backend() == "reference"  # CPU tensors
-
-
-def test_env_var_and_use_backend_are_honoured(no_backend_env):
-    t = torch.zeros(1, device=DEVICE)
-    no_backend_env.setenv(_backend.ENV_VAR, "triton")
-    assert _backend.resolve_backend(None, t) == "triton"
-    no_backend_env.setenv(_backend.ENV_VAR, " Reference ")
-    assert _backend.resolve_backend(None, t) == "reference"
-    with ops.use_backend("triton"):  # the context beats the environment
-        assert _backend.resolve_backend(None, t) == "triton"
-        with ops.use_backend("reference"):
-            assert _backend.resolve_backend(None, t) == "reference"
-        assert _backend.resolve_backend("reference", t) == "reference"  # the argument beats both
-    assert _backend.resolve_backend(None, t) == "reference"
-
-
-def test_op_dispatches_on_resolved_backend(no_backend_env):
-    calls = []
-
-    def spy(*args):
-        calls.append(args[3:])
-        return window_attention_reference(*args)
-
-    no_backend_env.setattr(window_triton, "window_attention_triton", spy)
-    q, k, v = _qkv_inputs(1, 1, 4, 4, 16)()
-    no_backend_env.setenv(_backend.ENV_VAR, "triton")
-    ops.window_attention_2d(q, k, v, (2, 2))
-    no_backend_env.setenv(_backend.ENV_VAR, "reference")
-    ops.window_attention_2d(q, k, v, (2, 2))
-    with ops.use_backend("triton"):
-        ops.window_attention_2d(q, k, v, None, padding="masked")
-    assert calls == [((2, 2), (0, 0), "zeros", 0.25), ((4, 4), (0, 0), "masked", 0.25)]
-
-
-def test_unknown_backend_is_a_value_error(no_backend_env):
-    q, k, v = _qkv_inputs(1, 1, 4, 4, 16)()
-    with pytest.raises(ValueError, match="unknown ops backend 'cuda'"):
-        ops.window_attention_2d(q, k, v, (2, 2), backend="cuda")
-    with pytest.raises(ValueError, match="unknown ops backend"):
-        with ops.use_backend("fast"):
-            pass
-    no_backend_env.setenv(_backend.ENV_VAR, "tritonn")
-    with pytest.raises(ValueError, match="BACKBONES_OPS_BACKEND"):
-        ops.window_attention_2d(q, k, v, (2, 2))
-
-
 # --------------------------------------------------------------------------- input validation
 
 
@@ -329,7 +255,7 @@ def test_fvcore_counts_cswin_alike():
 
 def test_window_attention_macs_by_hand():
     # 2 heads, 7x5 grid, windows 4x2 with offset (1, 0): 2 x 3 windows of 8 tokens.
-    assert ops.flops.window_attention_macs((1, 2, 7, 5, 16), (1, 2, 7, 5, 8), (4, 2), (1, 0)) \
+    assert ops.window_attention_macs((1, 2, 7, 5, 16), (1, 2, 7, 5, 8), (4, 2), (1, 0)) \
         == 1 * 2 * 6 * 8 * 8 * (16 + 8)
     assert ops.flops.sdpa_macs((2, 3, 10, 16), (2, 3, 12, 16), (2, 3, 12, 8)) == 6 * 10 * 12 * 24
     # broadcast batch dims, and grouped-query heads (q's head count)

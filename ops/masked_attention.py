@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ._fx import fx_leaf
-from ._backend import resolve_backend
+from ._backend import select_backend
 from ._checks import check_qkv
 
 __all__ = ["masked_attention", "masked_attention_reference", "masked_attention_macs",
@@ -142,7 +142,7 @@ def masked_attention(q, k, v, mask, *, scale=None, backend=None):
     _check_inputs(q, k, v, mask)
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    if resolve_backend(backend, q) == "triton":
+    if select_backend("masked_attention", backend, q, v) == "triton":
         from ._triton_masked_attention import masked_attention_triton
         return masked_attention_triton(q, k, v, mask, float(scale))
     return masked_attention_reference(q, k, v, mask, scale)

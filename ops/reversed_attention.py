@@ -27,7 +27,7 @@ strides; the output is ``(B, heads, L, d_v)``. There is no dropout on ``A`` (the
 import torch
 
 from ._fx import fx_leaf
-from ._backend import resolve_backend
+from ._backend import select_backend
 from ._checks import check_qkv
 
 __all__ = ["reversed_attention", "reversed_attention_reference", "reversed_attention_macs"]
@@ -102,7 +102,7 @@ def reversed_attention(q, k, v, weights=None, *, scale=None, return_scores=False
     weights = _check_inputs(q, k, v, weights)
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    if resolve_backend(backend, q) == "triton":
+    if select_backend("reversed_attention", backend, q, v) == "triton":
         from ._triton_reversed_attention import reversed_attention_triton
         return reversed_attention_triton(q, k, v, weights, float(scale), bool(return_scores))
     return reversed_attention_reference(q, k, v, weights, scale, return_scores)
