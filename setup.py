@@ -30,6 +30,18 @@ EXTRAS = {
     "dev": ["pytest>=8", "pytest-xdist", "scikit-image"] + TRAIN + DENSE,
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+# One command per tool (backbones/cli); `python tools/<tool>.py` runs the same main().
+CONSOLE_SCRIPTS = [
+    "zoo-train=backbones.cli.train:main",
+    "zoo-train-det=backbones.cli.train_det:main",
+    "zoo-train-seg=backbones.cli.train_seg:main",
+    "zoo-validate=backbones.cli.validate:main",
+    "zoo-convert=backbones.cli.convert:main",
+    "zoo-benchmark=backbones.cli.benchmark:main",
+    "zoo-benchmark-ops=backbones.cli.benchmark_ops:main",
+    "zoo-compile-kernels=backbones.cli.compile_kernels:main",
+    "zoo-gpu-report=backbones.cli.gpu_report:main",
+]
 
 setup(
     name="backbone-zoo",
@@ -50,6 +62,7 @@ setup(
         "triton; platform_system == 'Linux'",
     ],
     extras_require=EXTRAS,
+    entry_points={"console_scripts": CONSOLE_SCRIPTS},
     classifiers=[
         "Programming Language :: Python :: 3",
         "License :: OSI Approved :: MIT License",

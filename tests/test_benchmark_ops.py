@@ -1,13 +1,13 @@
-"""tools/benchmark_ops.py on the CPU: tiny shapes, Triton through the interpreter (conftest sets
-TRITON_INTERPRET=1 when there is no GPU)."""
+"""zoo-benchmark-ops (backbones/cli/benchmark_ops.py) on the CPU: tiny shapes, Triton through the
+interpreter (conftest sets TRITON_INTERPRET=1 when there is no GPU)."""
 import csv
-import importlib.util
 import os
 
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from backbones.cli import benchmark_ops as tool
+
 PATTERNS = ["cswin_t_s3_h", "swin_w7_56"]  # a zero-padded stripe and square windows
 TINY = ["--device", "cpu", "--tiny", "--iters", "1", "--warmup", "0"]
 
@@ -16,20 +16,11 @@ pytestmark = pytest.mark.skipif(
     reason="the Triton backend needs TRITON_INTERPRET=1 on the CPU (set by conftest)")
 
 
-@pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location(
-        "zoo_tools_benchmark_ops", os.path.join(ROOT, "tools", "benchmark_ops.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_rows_correctness_and_reports(tool, tmp_path, capsys):
+def test_rows_correctness_and_reports(tmp_path, capsys):
     out_md, out_csv = tmp_path / "ops.md", tmp_path / "ops.csv"
     threads = torch.get_num_threads()
-    rows = tool.main(TINY + ["--patterns", *PATTERNS, "--markdown", str(out_md),
-                             "--csv", str(out_csv)])
+    rows = tool.run(TINY + ["--patterns", *PATTERNS, "--markdown", str(out_md),
+                            "--csv", str(out_csv)])
     assert torch.get_num_threads() == threads  # --threads is undone on return
 
     assert [(r["pattern"], r["backend"]) for r in rows] == [
@@ -71,20 +62,20 @@ def test_rows_correctness_and_reports(tool, tmp_path, capsys):
     assert float(written[0]["max_diff_out"]) == pytest.approx(rows[0]["max_diff_out"])
 
 
-def test_reference_only_without_interpreter(tool, monkeypatch, capsys):
+def test_reference_only_without_interpreter(monkeypatch, capsys):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    rows = tool.main(TINY + ["--patterns", "cswin_t_s4_full"])
+    rows = tool.run(TINY + ["--patterns", "cswin_t_s4_full"])
     assert [r["backend"] for r in rows] == ["reference"]
     assert "TRITON_INTERPRET is not set" in capsys.readouterr().out
 
 
-def test_unknown_pattern_and_bad_settings(tool):
+def test_unknown_pattern_and_bad_settings():
     with pytest.raises(SystemExit, match=r"unknown pattern 'cswin_t_s9_v'.*did you mean"):
-        tool.main(TINY + ["--patterns", "cswin_t_s9_v"])
+        tool.run(TINY + ["--patterns", "cswin_t_s9_v"])
     with pytest.raises(SystemExit, match=r"unknown pattern 'litv2_\*'.*known patterns"):
-        tool.main(TINY + ["--patterns", "litv2_*"])
+        tool.run(TINY + ["--patterns", "litv2_*"])
     with pytest.raises(SystemExit, match="fp32 only"):
-        tool.main(TINY + ["--dtype", "bf16"])
+        tool.run(TINY + ["--dtype", "bf16"])
     assert [p.name for p in tool.resolve_patterns(["cswin_t_s1_*", "full_14"])] == [
         "cswin_t_s1_v", "cswin_t_s1_h", "full_14"]
     assert [p.name for p in tool.resolve_patterns(["halonet_h1_*"])] == [
@@ -92,7 +83,7 @@ def test_unknown_pattern_and_bad_settings(tool):
     assert [p.name for p in tool.resolve_patterns(["na_*"])] == ["na_7x7_56", "na_7x7_d2_56"]
 
 
-def test_pattern_table_and_bandwidth_lookup(tool):
+def test_pattern_table_and_bandwidth_lookup():
     names = [p.name for p in tool.PATTERNS]
     assert len(names) == len(set(names)) and all(p.op in tool.OPS for p in tool.PATTERNS)
     stage1 = tool.WindowAttention(tool.PATTERNS[0], 128, 1, (56, 56))
@@ -110,8 +101,8 @@ def test_pattern_table_and_bandwidth_lookup(tool):
 ROUTED_HALO = ["biformer_s_s1", "halonet_h1_s2_down"]  # top-1 routing; strided halo with rel-pos
 
 
-def test_routed_and_halo_rows(tool, capsys):
-    rows = tool.main(TINY + ["--patterns", *ROUTED_HALO])
+def test_routed_and_halo_rows(capsys):
+    rows = tool.run(TINY + ["--patterns", *ROUTED_HALO])
     assert [(r["pattern"], r["backend"]) for r in rows] == [
         (p, b) for p in ROUTED_HALO for b in ("triton", "reference")]
     for r in rows:
@@ -134,7 +125,7 @@ def test_routed_and_halo_rows(tool, capsys):
     assert "FlexAttention skipped on the CPU" in text
 
 
-def test_routed_and_halo_geometry(tool):
+def test_routed_and_halo_geometry():
     patterns = {p.name: p for p in tool.PATTERNS}
     for p in tool.PATTERNS:  # every pattern builds at full and at --tiny size
         cls = tool.OPS[p.op]
@@ -174,8 +165,8 @@ def test_routed_and_halo_geometry(tool):
 NEW_OPS = ["na_7x7_d2_56", "sparsifiner_s_k40", "dependencyvit_s"]  # one row per new op
 
 
-def test_neighborhood_masked_reversed_rows(tool, capsys):
-    rows = tool.main(TINY + ["--patterns", *NEW_OPS])
+def test_neighborhood_masked_reversed_rows(capsys):
+    rows = tool.run(TINY + ["--patterns", *NEW_OPS])
     assert [(r["pattern"], r["backend"]) for r in rows] == [
         (p, b) for p in NEW_OPS for b in ("triton", "reference")]
     for r in rows:
@@ -200,7 +191,7 @@ def test_neighborhood_masked_reversed_rows(tool, capsys):
     assert "FlexAttention skipped on the CPU" in text
 
 
-def test_neighborhood_masked_reversed_geometry(tool):
+def test_neighborhood_masked_reversed_geometry():
     patterns = {p.name: p for p in tool.PATTERNS}
     # spec ops.md §5.3, bf16, B=128: "7x7 NA, 56x56, C=96": 7.6 GFLOP, 313 MB
     for name, dilation in (("na_7x7_56", 1), ("na_7x7_d2_56", 2)):
@@ -239,7 +230,7 @@ def test_neighborhood_masked_reversed_geometry(tool):
 
 @pytest.mark.parametrize("grid, kernel, dilation", [((14, 14), 7, 1), ((14, 11), 5, 2),
                                                     ((9, 12), 3, 3)])
-def test_flex_na_mask_is_natten_window(tool, grid, kernel, dilation):
+def test_flex_na_mask_is_natten_window(grid, kernel, dilation):
     """The FlexAttention mask_mod (CUDA only) selects exactly ops' NATTEN window."""
     from ops.neighborhood_attention import neighborhood_index
     H, W = grid
@@ -251,3 +242,27 @@ def test_flex_na_mask_is_natten_window(tool, grid, kernel, dilation):
         for x in range(W):
             want[y, x, iy[y][:, None], ix[x][None, :]] = True
     assert torch.equal(got, want.view(H * W, H * W))
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_baselines_compute_each_op_on_the_cpu():
+    """The FlexAttention baselines (compiled, CUDA only in the tool) compute the op: their masks
+    and token orders, run eagerly on the CPU, forward only (FlexAttention has no CPU backward)."""
+    checked = []
+    for pattern in tool.PATTERNS:
+        case = tool.concrete_case(pattern, dict(tiny=True, batch=2))
+        run, _ = case.flex_attention(torch.device("cpu"), compiled=False)
+        if run is None:
+            continue
+        leaves, _ = tool.seeded_inputs(case, torch.float32, torch.device("cpu"))
+        inputs = case.split([t.detach() for t in leaves])
+        got, want = run(*inputs), case.call("reference")(*inputs)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=pattern.name)
+        checked.append(pattern.op)
+    assert set(checked) == {"window", "routed", "neighborhood", "masked"}
+
+
+def test_backends_choose_the_columns(capsys):
+    rows = tool.run(TINY + ["--patterns", "swin_w7_56", "--backends", "reference", "flex"])
+    assert [r["backend"] for r in rows] == ["reference"]
+    assert "FlexAttention skipped on the CPU" in capsys.readouterr().out

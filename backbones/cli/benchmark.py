@@ -1,0 +1,744 @@
+"""Parameters, GMACs, latency, throughput and peak memory of zoo models (and any timm model).
+
+    zoo-benchmark                                  # every zoo model, CPU, batch 1 and 8
+    zoo-benchmark --params-only                    # params + GMACs only, quick
+    zoo-benchmark --models 'cswin_*' --device cuda --amp bf16 --batch-sizes 1 64 256
+    zoo-benchmark --models cswin_tiny_224 --device cuda --amp bf16 --bench train --compile
+    zoo-benchmark --models cswin_tiny_224 --compare --paper --csv out.csv
+    zoo-benchmark --models biformer_tiny_224 --official ~/src/BiFormer   # beside the authors' code
+    zoo-benchmark --models halonet26t_256 shvit_s4_256 --paired --iters 30  # call by call
+
+(``python tools/benchmark.py`` is the same command.)
+
+GMACs: fvcore ``FlopCountAnalysis`` at batch 1 and the model's pretrained_cfg input size (or
+``--img-size``), one multiply-add counted once (the papers' "FLOPs"), with
+``aten::scaled_dot_product_attention`` counted as ``batch * heads * Lq * Lk * (d_qk + d_v)``. It is
+always counted on the PyTorch reference path of ``ops`` (the Triton kernels are invisible to a
+trace). Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (weights included); on the CPU the
+increase of resident memory over the built model, each model running in its own subprocess.
+
+``--official DIR``: also time the authors' model from a local clone of the official repository
+(the family record's ``official_entrypoints``; its own requirements installed), in its own
+subprocess. That worker first loads the official model's random weights into ours through the
+family's ``checkpoint_filter_fn`` and reports the largest output difference, so both rows time the
+same function.
+
+``--paired``: latency of each zoo model and its timm twin (the family record's ``timm_equivalents``) in one process,
+on the same weights and batch, one call of each in turn (who goes first alternates). Both see the
+same moments of a shared machine's load, so the median of the per-pair ratios is the robust
+comparison where ``--compare``'s medians (separate windows of time) scatter. No memory column.
+"""
+import argparse
+import contextlib
+import difflib
+import fnmatch
+import importlib
+import importlib.machinery
+import json
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+
+import timm
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import backbones
+import ops
+from . import report
+
+PROG = "zoo-benchmark"
+WORKER_PREFIX = "@@benchmark-result "
+# Ops whose absence from fvcore's count would hide real work (element-wise ones do not matter).
+MATMUL_LIKE = re.compile(r"mm\b|matmul|einsum|linear|conv|attention|dot|bilinear")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", metavar="NAME",
+                   help="model names or fnmatch patterns (patterns match zoo models, or timm's "
+                        "when no zoo model matches); default: every zoo model")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8], metavar="B")
+    p.add_argument("--bench", choices=("inference", "train"), default="inference",
+                   help="train times forward + backward + an SGD step")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls per case (default 1)")
+    p.add_argument("--iters", type=int, default=3, help="timed calls per case (default 3)")
+    p.add_argument("--max-seconds", type=float, default=20.,
+                   help="stop a case's timed calls once they took this long, after at least one "
+                        "(default 20; raise it with --iters for steadier numbers on big models)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the whole list of models this many times, in turn, and pool each "
+                        "case's timed calls: rows meant to be compared (--compare, --official) "
+                        "then share the machine's load drift (default 1)")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--amp", choices=("bf16", "fp16"), help="autocast dtype (default float32)")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
+                   help="time torch.compile(model, backend=BACKEND) (default backend inductor); "
+                        "the warm-up calls compile")
+    p.add_argument("--backend", choices=("triton", "reference"),
+                   help="ops backend (ops.use_backend); default: triton on CUDA, reference on CPU")
+    p.add_argument("--img-size", type=int, help="input resolution instead of the model's")
+    p.add_argument("--params-only", action="store_true", help="params and GMACs, no timing")
+    p.add_argument("--compare", action="store_true",
+                   help="also run timm's model of the same architecture, where timm has one")
+    p.add_argument("--official", nargs="+", metavar="DIR",
+                   help="local clones of official repositories: also time the authors' model of "
+                        "each zoo model whose family names one (its record's official_entrypoints)")
+    p.add_argument("--paper", action="store_true",
+                   help="add the paper's numbers (the family record's paper_results)")
+    p.add_argument("--csv", metavar="PATH", help="write one row per (model, batch size)")
+    p.add_argument("--markdown", metavar="PATH", help="write the printed table")
+    p.add_argument("--paired", action="store_true",
+                   help="time each zoo model and its timm twin call by call in turn in one "
+                        "process (latency only); report the median of the per-pair time ratios")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one model, JSON settings
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- model list
+
+def resolve_models(patterns):
+    """Zoo models by default; names and fnmatch patterns otherwise. Unknown names exit."""
+    zoo = backbones.list_zoo_models()
+    if not patterns:
+        return zoo
+    names = []
+    for pattern in patterns:
+        if any(c in pattern for c in "*?["):
+            found = fnmatch.filter(zoo, pattern) or timm.list_models(pattern)
+            if not found:
+                raise SystemExit(f"{PROG}: error: no zoo or timm model matches {pattern!r}")
+        elif timm.is_model(pattern):
+            found = [pattern]
+        else:
+            close = difflib.get_close_matches(pattern, zoo + timm.list_models(), n=3)
+            raise SystemExit(f"{PROG}: error: unknown model {pattern!r}"
+                             + (f"; did you mean {', '.join(close)}?" if close else "")
+                             + " (zoo models: backbones.list_zoo_models())")
+        names += [n for n in found if n not in names]
+    return names
+
+
+def is_zoo_model(name):
+    return name.split(".")[0] in backbones.list_zoo_models()
+
+
+def zoo_family(name):
+    """The :class:`backbones.Family` record of zoo model ``name``; None for timm models."""
+    return backbones.get_family(name) if is_zoo_model(name) else None
+
+
+def with_timm_twins(names):
+    """``[(name, is_twin)]`` with timm's model of the same architecture after each zoo model that
+    has one (the record's ``timm_equivalents``), and notes for those that have none."""
+    cases, notes = [], []
+    for name in names:
+        cases.append((name, False))
+        if not is_zoo_model(name):
+            continue
+        twin = zoo_family(name).timm_equivalents.get(name.split(".")[0])
+        if twin:
+            cases.append((twin, True))
+        else:
+            notes.append(f"--compare: timm has no twin of {name} (no timm_equivalents entry in its family record)")
+    return cases, notes
+
+
+def with_official_twins(names, repos):
+    """``[(name, official_repo_or_None)]``: each zoo model, then its official twin when one of
+    ``repos`` holds the file of its family's ``official_entrypoints`` entry; notes for the rest."""
+    cases, notes = [], []
+    for name in names:
+        cases.append((name, None))
+        entry = zoo_family(name).official_entrypoints.get(name.split(".")[0])
+        if not entry:
+            notes.append(f"--official: no official entrypoint is known for {name}")
+            continue
+        path = entry.split(":")[0]
+        found = [r for r in repos if os.path.isfile(os.path.join(r, path))]
+        if not found:
+            notes.append(f"--official: {name} needs {path} of "
+                         f"{zoo_family(name).official_repo or 'its official repository'}; "
+                         f"none of {', '.join(repos)} has it")
+            continue
+        cases.append((name, os.path.abspath(found[0])))
+    return cases, notes
+
+
+def import_official(repo, module_path):
+    """Import ``module_path`` (``models/biformer.py``) from an official repository. Its top-level
+    packages may share names with ours (BiFormer has an ``ops``): while it imports, our modules of
+    those names are set aside and a finder resolves those names in ``repo`` first (ahead of an
+    editable install's finder); afterwards the official modules leave ``sys.modules`` again (the
+    imported code keeps its own references)."""
+    tops = {n[:-3] if n.endswith(".py") else n for n in os.listdir(repo)
+            if n.endswith(".py") or os.path.isdir(os.path.join(repo, n))}
+
+    class RepoFirst:
+        @staticmethod
+        def find_spec(fullname, path=None, target=None):
+            if fullname.split(".")[0] not in tops:
+                return None
+            return importlib.machinery.PathFinder.find_spec(
+                fullname, [repo] if "." not in fullname else path)
+
+    ours = {k: sys.modules.pop(k) for k in list(sys.modules) if k.split(".")[0] in tops}
+    finder = RepoFirst()
+    sys.meta_path.insert(0, finder)
+    try:
+        return importlib.import_module(module_path[:-3].replace("/", "."))
+    except ImportError as e:
+        raise ImportError(f"importing {module_path} from {repo} failed ({e}); install the "
+                          "official repository's requirements") from e
+    finally:
+        sys.meta_path.remove(finder)
+        for k in [k for k in sys.modules if k.split(".")[0] in tops]:
+            del sys.modules[k]
+        sys.modules.update(ours)
+
+
+def build_official(name, repo):
+    """The authors' model of zoo model ``name`` (random weights, eval mode)."""
+    path, fn_name = backbones.get_family(name).official_entrypoints[name.split(".")[0]].split(":")
+    return getattr(import_official(repo, path), fn_name)(pretrained=False).eval()
+
+
+def official_difference(name, official):
+    """Largest |official - zoo| output at batch 1 once the official model's weights are loaded
+    into ours through the family's ``checkpoint_filter_fn``: both rows time the same function."""
+    family = backbones.get_family(name)
+    official = official.float().cpu().eval()
+    zoo = timm.create_model(name).eval()
+    zoo.load_state_dict(family.checkpoint_filter_fn(official.state_dict(), zoo))
+    x = torch.randn(1, *zoo.pretrained_cfg["input_size"], generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode(), ops.use_backend("reference"):
+        return (official(x) - zoo(x)).abs().max().item()
+
+
+# ----------------------------------------------------------------------------- measuring
+
+def count_gmacs(model, input_size):
+    """(GMACs at batch 1, sorted uncounted matmul-like ops)."""
+    device = next(model.parameters()).device
+    x = torch.randn(1, *input_size, device=device)
+    was_training = model.training
+    model.eval()
+    with warnings.catch_warnings(), ops.use_backend("reference"), torch.no_grad():
+        warnings.simplefilter("ignore", FutureWarning)  # fvcore's use of torch.jit, deprecated
+        from fvcore.nn import FlopCountAnalysis
+        analysis = FlopCountAnalysis(model, x)
+        analysis.set_op_handle(**ops.flops.fvcore_handles())
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        total = analysis.total()
+        uncounted = sorted(op for op in analysis.unsupported_ops()
+                           if MATMUL_LIKE.search(op) or not op.startswith(("aten::", "prim::")))
+    model.train(was_training)
+    return total / 1e9, uncounted
+
+
+def rss_bytes():
+    """Resident memory of this process now (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def max_rss_bytes():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+class PeakRss:
+    """Peak resident memory (bytes) of this process while the block runs: ``ru_maxrss`` when the
+    block set a new high for the process (exact), else the highest of samples taken every 5 ms."""
+
+    def _sample(self):
+        while not self.stop.wait(0.005):
+            self.peak = max(self.peak, rss_bytes())
+
+    def __enter__(self):
+        self.max_before, self.peak = max_rss_bytes(), rss_bytes()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.peak = max(self.peak, rss_bytes())
+        if max_rss_bytes() > self.max_before:
+            self.peak = max_rss_bytes()
+
+
+def make_step(model, batch, input_size, settings):
+    """A callable running one forward (inference) or one training step on a random batch."""
+    device = torch.device(settings["device"])
+    x = torch.randn(batch, *input_size, device=device)
+    if settings["channels_last"]:
+        x = x.contiguous(memory_format=torch.channels_last)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings["amp"])
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+    model.train(settings["bench"] == "train")
+    forward = model
+    if settings["compile"]:
+        # Each case compiles afresh, as in a process of its own: graphs of earlier cases (other
+        # models, modes, batch sizes) would otherwise count against dynamo's recompile limit.
+        torch._dynamo.reset()
+        forward = torch.compile(model, backend=settings["compile"])
+
+    if settings["bench"] == "inference":
+        def step():
+            with torch.inference_mode(), autocast():
+                forward(x)
+        return step
+
+    target = torch.randint(0, model.num_classes, (batch,), device=device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=settings["amp"] == "fp16")
+
+    def step():
+        with autocast():
+            loss = F.cross_entropy(forward(x).float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return step
+
+
+def time_case(model, batch, input_size, settings, rss_baseline):
+    """Median/min ms over the timed calls and the case's peak memory in MB."""
+    device = torch.device(settings["device"])
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    backend = (ops.use_backend(settings["backend"]) if settings["backend"]
+               else contextlib.nullcontext())
+    times = []
+    with backend:
+        step = make_step(model, batch, input_size, settings)
+        # Memory is taken over the warm-up calls only: the 5 ms sampling thread would steal a
+        # core from the timed calls (2 OpenMP threads on 2 cores lose up to 50 %).
+        with PeakRss() if device.type == "cpu" else contextlib.nullcontext() as rss:
+            for _ in range(max(1, settings["warmup"])):
+                step()
+            sync()
+        start = time.perf_counter()
+        while len(times) < settings["iters"] and (
+                not times or time.perf_counter() - start < settings["max_seconds"]):
+            t0 = time.perf_counter()
+            step()
+            sync()
+            times.append(time.perf_counter() - t0)
+        del step
+    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+            else rss.peak - rss_baseline)
+    median = statistics.median(times)
+    return dict(median_ms=round(median * 1e3, 3), min_ms=round(min(times) * 1e3, 3),
+                img_per_s=round(batch / median, 3), peak_mb=round(peak / 2 ** 20, 1),
+                iters=len(times), times_ms=[round(t * 1e3, 3) for t in times])
+
+
+def paired_latency(name, twin, settings):
+    """Yield per batch size the zoo model's and its twin's median ms over ``iters`` pairs of calls
+    (one each, in alternating order) and the median of the per-pair ratios twin / ours."""
+    torch.set_num_threads(settings["threads"])
+    reference = timm.create_model(twin)
+    ours = timm.create_model(name)
+    filter_fn = (zoo_family(name).checkpoint_filter_fn if is_zoo_model(name) else None)
+    ours.load_state_dict(filter_fn(reference.state_dict(), ours))  # same numbers in both
+    in_chans, height, width = ours.pretrained_cfg["input_size"]
+    if settings["img_size"]:
+        height = width = settings["img_size"]
+    device = torch.device(settings["device"])
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for model in (ours, reference):
+        model.to(device)
+    backend = (ops.use_backend(settings["backend"]) if settings["backend"]
+               else contextlib.nullcontext())
+    with backend:
+        for batch in settings["batch_sizes"]:
+            steps = [make_step(m, batch, (in_chans, height, width), settings)
+                     for m in (ours, reference)]
+            for step in steps:
+                for _ in range(max(1, settings["warmup"])):
+                    step()
+            sync()
+            times = ([], [])
+            for i in range(settings["iters"]):
+                for j in ((0, 1) if i % 2 == 0 else (1, 0)):
+                    t0 = time.perf_counter()
+                    steps[j]()
+                    sync()
+                    times[j].append((time.perf_counter() - t0) * 1e3)
+            yield dict(model=name, twin=twin, batch_size=batch,
+                       resolution=f"{height}x{width}",
+                       ours_ms=round(statistics.median(times[0]), 3),
+                       twin_ms=round(statistics.median(times[1]), 3),
+                       ratio=round(statistics.median(t / o for o, t in zip(*times)), 3),
+                       pairs=settings["iters"])
+
+
+def paired_main(args, settings, names):
+    pairs, notes = [], []
+    for name in names:
+        twin = (zoo_family(name).timm_equivalents.get(name) if is_zoo_model(name) else None)
+        if twin:
+            pairs.append((name, twin))
+        else:
+            notes.append(f"--paired: {name} has no timm twin (no timm_equivalents entry in its family record)")
+    if not pairs:
+        raise SystemExit(f"{PROG}: error: --paired needs zoo models with a timm twin "
+                         "(timm_equivalents), e.g. halonet26t_256 or shvit_s4_256")
+    rows = []
+    for name, twin in tqdm(pairs, desc="paired", unit="model"):
+        rows += list(paired_latency(name, twin, settings))
+    machine = report.describe_machine(
+        settings["device"], *describe_run(settings, timing=False),
+        f"warmup {settings['warmup']}, {settings['iters']} pairs of calls in turn")
+    table = report.markdown_table(
+        ["model", "timm twin", "resolution", "batch", "ours ms", "timm ms", "timm / ours"],
+        [[r["model"], r["twin"], r["resolution"], r["batch_size"], f"{r['ours_ms']:.1f}",
+          f"{r['twin_ms']:.1f}", f"{r['ratio']:.2f}"] for r in rows])
+    notes = ["ms: median over the calls; timm / ours: median of the per-pair ratios (above 1: "
+             "ours faster).", *notes]
+    report.publish(report.document(machine, table, report.bullets(notes)), rows, list(rows[0]),
+                   args.markdown, args.csv)
+    return rows
+
+
+def merge_rounds(cases):
+    """One case record from the same case's records of several rounds: median / min over every
+    timed call of every round, the largest peak memory."""
+    ok = [c for c in cases if not c["error"]]
+    if not ok:
+        return cases[-1]
+    times = [t for c in ok for t in c["times_ms"]]
+    median = statistics.median(times)
+    return dict(ok[-1], median_ms=round(median, 3), min_ms=min(times),
+                img_per_s=round(ok[-1]["batch_size"] / median * 1e3, 3),
+                peak_mb=max(c["peak_mb"] for c in ok), iters=len(times), times_ms=times)
+
+
+def build_model(name, settings):
+    """(model on ``settings["device"]``, its input size ``(C, H, W)``): zoo / timm model ``name``
+    (or the authors' one from ``settings["official_repo"]``) at ``settings["img_size"]`` when
+    set, else at its pretrained_cfg's size."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    kwargs = {}
+    if settings["img_size"] and cfg is not None and cfg.fixed_input_size:
+        kwargs["img_size"] = settings["img_size"]  # e.g. ViTs: position embeddings
+    if settings.get("official_repo"):
+        model = build_official(name, settings["official_repo"])
+    else:
+        model = timm.create_model(name, **kwargs)
+    in_chans, height, width = (cfg.input_size if settings.get("official_repo")
+                               else model.pretrained_cfg["input_size"])
+    if settings["img_size"]:
+        height = width = settings["img_size"]
+    model.to(settings["device"])
+    if settings["channels_last"]:
+        model.to(memory_format=torch.channels_last)
+    return model, (in_chans, height, width)
+
+
+def benchmark_model(name, settings):
+    """Yield ``{"kind": "case", ...}`` per batch size, then ``{"kind": "model", ...}`` (params,
+    GMACs, resolution; ``error`` set when the model could not be built)."""
+    torch.set_num_threads(settings["threads"])
+    info = dict(kind="model", model=name, params=None, gmacs=None, uncounted=[], resolution=None,
+                error=None, official_diff=None)
+    try:
+        model, input_size = build_model(name, settings)
+        info.update(params=sum(p.numel() for p in model.parameters()),
+                    resolution="x".join(map(str, input_size[1:])))
+    except Exception as e:  # noqa: BLE001  (reported as an error row)
+        info["error"] = report.error_text(e)
+        yield info
+        return
+
+    if not settings["params_only"]:
+        # Resident memory of the built model, before any forward: the CPU peaks are relative to it.
+        rss_baseline = rss_bytes() if settings["device"] == "cpu" else 0
+        for batch in settings["batch_sizes"]:
+            case = dict(kind="case", model=name, batch_size=batch, error=None)
+            try:
+                case.update(time_case(model, batch, input_size, settings, rss_baseline))
+            except Exception as e:  # noqa: BLE001  (OOM and friends: an error row, not a crash)
+                case["error"] = report.error_text(e)
+                if settings["device"] == "cuda":
+                    torch.cuda.empty_cache()
+            yield case
+    if settings.get("official_repo"):  # after the timed cases: its forward would raise their memory
+        try:
+            info["official_diff"] = official_difference(name, model)
+        except Exception as e:  # noqa: BLE001
+            info["error"] = f"official/zoo output check failed: {report.error_text(e)}"
+    try:
+        info["gmacs"], info["uncounted"] = count_gmacs(model, input_size)
+    except ImportError as e:
+        info["error"] = f"GMACs need fvcore (pip install fvcore): {report.error_text(e)}"
+    except Exception as e:  # noqa: BLE001
+        info["error"] = f"GMAC count failed: {report.error_text(e)}"
+    del model
+    yield info
+
+
+def benchmark_in_subprocess(name, settings):
+    """:func:`benchmark_model` in a fresh interpreter (``--worker``), so that resident-memory
+    peaks belong to this model alone; a crash (e.g. the OOM killer) becomes an error record."""
+    # __spec__.name, not __name__: this module is "__main__" under ``python -m``.
+    cmd = [sys.executable, "-m", __spec__.name, "--worker", json.dumps(dict(settings, model=name))]
+    # The worker imports the same backbones / ops as this process, installed or not.
+    roots = {os.path.dirname(os.path.dirname(os.path.abspath(m.__file__))) for m in (backbones, ops)}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        sorted(roots) + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    seen_model = False
+    with tempfile.TemporaryFile("w+") as stderr:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+        for line in proc.stdout:
+            if line.startswith(WORKER_PREFIX):
+                record = json.loads(line[len(WORKER_PREFIX):])
+                seen_model |= record["kind"] == "model"
+                yield record
+        proc.wait()
+        if proc.returncode and not seen_model:
+            stderr.seek(0)
+            tail = [ln for ln in stderr.read().splitlines() if ln.strip()][-1:]
+            reason = (f"killed by signal {-proc.returncode} (out of memory?)" if proc.returncode < 0
+                      else f"exit status {proc.returncode}")
+            yield dict(kind="model", model=name, params=None, gmacs=None, uncounted=[],
+                       resolution=None, error=f"worker {reason}: {' '.join(tail)}"[:300])
+
+
+def worker_main(spec):
+    warnings.filterwarnings("ignore")
+    settings = json.loads(spec)
+    for record in benchmark_model(settings.pop("model"), settings):
+        print(WORKER_PREFIX + json.dumps(record), flush=True)
+
+
+# ----------------------------------------------------------------------------- reporting
+
+def describe_run(settings, timing=True):
+    """The settings of a run, for :func:`report.describe_machine`; ``timing``: with the warm-up
+    and timed-call counts."""
+    backend = settings["backend"] or (
+        f"auto: {ops.current_default_backend(torch.device(settings['device']))}")
+    details = [f"threads {settings['threads']}", f"ops backend {backend}"]
+    if settings["params_only"]:
+        return details + ["GMACs by fvcore on the reference ops path"]
+    precision = settings["amp"] or "fp32"
+    if settings["channels_last"]:
+        precision += " channels-last"
+    if settings["compile"]:
+        precision += f" torch.compile ({settings['compile']})"
+    details += [settings["bench"], precision]
+    if timing:
+        details.append(f"warmup {settings['warmup']}, iters {settings['iters']} (at most "
+                       f"{settings['max_seconds']:g} s)"
+                       + (f" per round, {settings['rounds']} rounds in turn, calls pooled"
+                          if settings.get("rounds", 1) > 1 else ""))
+    return details
+
+
+def memory_label(settings):
+    return "peak alloc MB" if settings["device"] == "cuda" else "peak RSS+ MB"
+
+
+def memory_note(settings):
+    if settings["device"] == "cuda":
+        return ("peak alloc MB: torch.cuda.max_memory_allocated over the case (weights included), "
+                "after reset_peak_memory_stats.")
+    return ("peak RSS+ MB: peak resident memory during the case minus that of the built model, "
+            "each model in its own subprocess (ru_maxrss; /proc/self/statm samples when the case "
+            "set no new high).")
+
+
+def paper_cell(name):
+    family = zoo_family(name)
+    paper = family.paper_results.get(name.split(".")[0]) if family else None
+    if not paper:
+        return report.MISSING
+    cell = " / ".join(f"{getattr(paper, k)}{unit}" if getattr(paper, k) is not None
+                      else report.MISSING
+                      for k, unit in (("top1", "%"), ("params_m", "M"), ("gflops", "G")))
+    return cell if paper.verified else cell + " (unverified)"
+
+
+def markdown_table(records, settings, paper):
+    batches = [] if settings["params_only"] else settings["batch_sizes"]
+    header = ["model", "params (M)", "GMACs", "resolution"]
+    for b in batches:
+        header += [f"b{b} ms", f"b{b} img/s", f"b{b} {memory_label(settings)}"]
+    if paper:
+        header.append("paper top-1 / params / GFLOPs")
+    rows = []
+    for rec in records:
+        label = rec["model"] + {"timm twin": " (timm)", "official": " (official code)"}.get(
+            rec["source"], "")
+        row = [label, report.cell(rec["params"] and rec["params"] / 1e6, ".2f"),
+               report.cell(rec["gmacs"], ".3f"), rec["resolution"] or report.MISSING]
+        for b in batches:
+            case = rec["cases"].get(b)
+            if case is None or case["error"]:
+                row += ["error", report.MISSING, report.MISSING]
+            else:
+                row += [f"{case['median_ms']:.1f}", f"{case['img_per_s']:.1f}",
+                        f"{case['peak_mb']:.0f}"]
+        if paper:
+            row.append(paper_cell(rec["model"]) if rec["source"] == "zoo" else report.MISSING)
+        rows.append(row)
+    return report.markdown_table(header, rows)
+
+
+def report_notes(records, settings):
+    notes = [memory_note(settings)] if not settings["params_only"] else []
+    for rec in records:
+        if rec["error"]:
+            notes.append(f"{rec['model']}: {rec['error']}")
+        for b, case in rec["cases"].items():
+            if case["error"]:
+                notes.append(f"{rec['model']} batch {b}: {case['error']}")
+        if rec.get("official_diff") is not None:
+            notes.append(f"{rec['model']} (official code): same weights in both, largest output "
+                         f"difference {rec['official_diff']:.1e} (batch 1, float32, reference ops)")
+        if rec["uncounted"]:
+            notes.append(f"{rec['model']}: GMACs leave out the matmul-like ops "
+                         f"{', '.join(rec['uncounted'])}")
+    return notes
+
+
+def csv_rows(records, settings):
+    batches = [] if settings["params_only"] else settings["batch_sizes"]
+    rows = []
+    for rec in records:
+        base = dict(model=rec["model"], source=rec["source"],
+                    params=rec["params"], gmacs=rec["gmacs"] and round(rec["gmacs"], 4),
+                    resolution=rec["resolution"], device=settings["device"],
+                    bench=settings["bench"], amp=settings["amp"] or "fp32",
+                    channels_last=settings["channels_last"], backend=settings["backend"] or "auto",
+                    compile=settings["compile"], threads=settings["threads"],
+                    memory=None if settings["params_only"] else memory_label(settings),
+                    paper=paper_cell(rec["model"]) if rec["source"] == "zoo" else report.MISSING,
+                    error=rec["error"])
+        if not batches:
+            rows.append(base)
+        for b in batches:
+            case = rec["cases"].get(b, {})
+            rows.append(dict(base, batch_size=b, **{k: case.get(k) for k in CASE_FIELDS},
+                             error=case.get("error") or rec["error"]))
+    return rows
+
+
+CASE_FIELDS = ["median_ms", "min_ms", "img_per_s", "peak_mb", "iters"]
+CSV_FIELDS = ["model", "source", "params", "gmacs", "resolution", "batch_size", *CASE_FIELDS,
+              "memory", "device", "bench", "amp", "channels_last", "backend", "compile", "threads",
+              "paper", "error"]
+
+
+# ----------------------------------------------------------------------------- main
+
+def make_settings(args):
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"{PROG}: error: --device cuda but torch sees no CUDA device")
+    if min(args.batch_sizes) < 1 or args.iters < 1 or args.warmup < 0 or args.rounds < 1:
+        raise SystemExit(f"{PROG}: error: batch sizes, --iters and --rounds must be >= 1, "
+                         "--warmup >= 0")
+    return dict(device=args.device, batch_sizes=args.batch_sizes, bench=args.bench,
+                warmup=args.warmup, iters=args.iters, max_seconds=args.max_seconds,
+                threads=args.threads, amp=args.amp, channels_last=args.channels_last,
+                compile=args.compile, backend=args.backend, img_size=args.img_size,
+                params_only=args.params_only, rounds=args.rounds)
+
+
+def list_cases(args, names):
+    """``([(name, is_timm_twin, official_repo_or_None)], notes)``: the models to run, with the
+    twins that ``--compare`` and ``--official`` add after each zoo model."""
+    cases, notes = with_timm_twins(names) if args.compare else ([(n, False) for n in names], [])
+    if not args.official:
+        return [(n, twin, None) for n, twin in cases], notes
+    zoo_cases = [n for n, twin in cases if not twin and is_zoo_model(n)]
+    official, official_notes = with_official_twins(zoo_cases, args.official)
+    repos = {}
+    for n, repo in official:
+        repos.setdefault(n, []).append(repo)
+    return [(n, twin, repo) for n, twin in cases
+            for repo in (repos.get(n, [None]) if not twin else [None])], notes + official_notes
+
+
+def measure(cases, settings):
+    """One record per case: the model's record (params, GMACs, ...) and ``cases``, its timed
+    cases by batch size, each merged over ``settings["rounds"]``."""
+    # On the CPU each model runs in a fresh interpreter: resident-memory peaks are its own.
+    in_subprocess = settings["device"] == "cpu" and not settings["params_only"]
+    run_model = benchmark_in_subprocess if in_subprocess else benchmark_model
+    records = []
+    steps_per_model = 1 if settings["params_only"] else len(settings["batch_sizes"])
+    rounds = 1 if settings["params_only"] else settings["rounds"]
+    with tqdm(total=rounds * len(cases) * steps_per_model, desc="benchmark", unit="case") as bar:
+        for round_index in range(rounds):
+            for i, (name, twin, official_repo) in enumerate(cases):
+                bar.set_postfix_str(name)
+                source = ("official" if official_repo else "timm twin" if twin
+                          else "zoo" if is_zoo_model(name) else "timm")
+                if round_index == 0:
+                    records.append(dict(model=name, twin=twin, cases={}, source=source))
+                rec, ran = records[i], 0
+                for record in run_model(name, dict(settings, official_repo=official_repo)):
+                    if record["kind"] == "case":
+                        rec["cases"].setdefault(record["batch_size"], []).append(record)
+                        ran += 1
+                        bar.update(1)
+                    else:
+                        rec.update({k: v for k, v in record.items() if k not in ("kind", "model")})
+                bar.update(steps_per_model - ran)  # cases a failed model never ran
+    for rec in records:
+        rec["cases"] = {b: merge_rounds(c) for b, c in rec["cases"].items()}
+    return records
+
+
+def run(argv=None):
+    """Run the benchmark; returns one dict per (model, batch size) (per model with
+    ``--params-only``), the rows of ``--csv``."""
+    args = parse_args(argv)
+    if args.worker:
+        return worker_main(args.worker)
+    settings = make_settings(args)
+    torch.set_num_threads(args.threads)
+    names = resolve_models(args.models)
+    if args.paired:
+        return paired_main(args, settings, names)
+    cases, notes = list_cases(args, names)
+    records = measure(cases, settings)
+    machine = report.describe_machine(settings["device"], *describe_run(settings))
+    notes += report_notes(records, settings)
+    text = report.document(machine, markdown_table(records, settings, args.paper),
+                           report.bullets(notes))
+    rows = csv_rows(records, settings)
+    report.publish(text, rows, CSV_FIELDS, args.markdown, args.csv)
+    return rows
+
+
+def main(argv=None):
+    """``zoo-benchmark``: :func:`run`, exit status 0."""
+    run(argv)
+
+
+if __name__ == "__main__":
+    main()
