@@ -5,21 +5,21 @@ messages and cannot tell a truncated download from a bad checkpoint. Before timm
 the zoo resolves the checkpoint to a local file: the user's ``pretrained_cfg_overlay=dict(file=...)``,
 or the cfg ``url`` downloaded into timm's cache folder (``$TORCH_HOME/hub/checkpoints/<basename>``,
 or ``cache_dir=``) exactly where timm itself would look. The file is checked (existence, archive
-integrity, published checksum) and handed to timm's file loader, so the filter, the ``in_chans`` /
-``num_classes`` adaptation and ``features_only`` all run as timm does them.
+integrity: ``training.checkpoint``, the zoo's one checkpoint reader; the published checksum) and
+handed to timm's file loader, so the filter, the ``in_chans`` / ``num_classes`` adaptation and
+``features_only`` all run as timm does them.
 """
 import hashlib
-import json
 import os
 import shutil
-import struct
 import tempfile
 import urllib.error
 import urllib.request
-import zipfile
 from urllib.parse import urlparse
 
 from timm.models._hub import get_cache_dir
+
+from .training.checkpoint import CheckpointError, check_checkpoint_file, sha256_of
 
 # sha256 of released files, by URL, for the sources that publish one (none of the CSWin releases
 # do). Families add entries with ``register_checksum``.
@@ -62,56 +62,6 @@ def _how_to_fix(model_name, url, cached_file):
     lines.append(f"  * or load any local copy: timm.create_model({model_name!r}, pretrained=True, "
                  "pretrained_cfg_overlay=dict(file='/path/to/checkpoint.pth'))")
     return "\n".join(lines)
-
-
-def check_checkpoint_file(path):
-    """Raise ``PretrainedWeightsError`` if ``path`` is missing or visibly not a whole checkpoint.
-
-    Checks are cheap (no tensor is read): a zip archive (torch >= 1.6 ``.pth``) must have its
-    central directory, a ``.safetensors`` file must be as long as its header says, and a legacy
-    pickle must start with the pickle protocol byte.
-    """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint file {path} does not exist")
-    if os.path.isdir(path):
-        raise PretrainedWeightsError(f"checkpoint path {path} is a directory, expected a file")
-    size = os.path.getsize(path)
-    if size == 0:
-        raise PretrainedWeightsError(f"checkpoint file {path} is empty")
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if str(path).endswith(".safetensors"):
-        header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-        try:
-            with open(path, "rb") as f:
-                f.seek(8)
-                header = json.loads(f.read(header_len))
-            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
-                      default=0)
-        except (ValueError, KeyError, TypeError, MemoryError, OverflowError) as e:
-            raise PretrainedWeightsError(f"{path} is not a valid safetensors file ({e})") from e
-        if size != 8 + header_len + end:
-            raise PretrainedWeightsError(
-                f"{path} is truncated or padded: {size} bytes, its header says {8 + header_len + end}")
-    elif head[:4] == b"PK\x03\x04":
-        try:
-            with zipfile.ZipFile(path) as zf:
-                zf.infolist()
-        except zipfile.BadZipFile as e:
-            raise PretrainedWeightsError(
-                f"{path} is a damaged or truncated zip checkpoint ({e}); {size} bytes on disk") from e
-    elif head[:1] != b"\x80":
-        raise PretrainedWeightsError(
-            f"{path} is neither a PyTorch checkpoint (zip or pickle) nor a safetensors file "
-            f"(starts with {head!r}); an HTML error page saved as a checkpoint looks like this")
-
-
-def sha256_of(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def download(url, dst, progress=True, timeout=DOWNLOAD_TIMEOUT_S):
@@ -164,7 +114,7 @@ def resolve_checkpoint_file(model_name, pretrained_cfg, cache_dir=None, progress
             raise FileNotFoundError(
                 f"pretrained_cfg_overlay file for {model_name} not found: {cfg_file}. Check the "
                 "path (relative paths are taken from the current directory).") from e
-        except PretrainedWeightsError as e:
+        except CheckpointError as e:
             raise PretrainedWeightsError(f"cannot load weights for {model_name}: {e}") from e
         return cfg_file
     if not url:
@@ -179,7 +129,7 @@ def resolve_checkpoint_file(model_name, pretrained_cfg, cache_dir=None, progress
     if os.path.exists(cached_file):
         try:
             check_checkpoint_file(cached_file)
-        except PretrainedWeightsError as e:
+        except CheckpointError as e:
             raise PretrainedWeightsError(
                 f"the cached checkpoint for {model_name} is damaged: {e}.\nDelete {cached_file} "
                 f"and call again to re-download it, or:\n{_how_to_fix(model_name, url, cached_file)}"
@@ -203,7 +153,7 @@ def resolve_checkpoint_file(model_name, pretrained_cfg, cache_dir=None, progress
     problem = None
     try:
         check_checkpoint_file(cached_file)
-    except PretrainedWeightsError as e:
+    except CheckpointError as e:
         problem = str(e)
     expected_sha = PUBLISHED_SHA256.get(url)
     if problem is None and expected_sha:

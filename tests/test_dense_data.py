@@ -256,24 +256,27 @@ def test_upernet_trains_on_the_photos_and_reports_miou(photos):
 SMALL_FLAGS = ["--model-kwargs", "embed_dim=16", "depths=(1,1,1,1)", "num_heads=(2,2,4,4)"]
 
 
+def _train(task, argv):
+    from backbones.cli import train_det, train_seg
+    return (train_det if task == "detection" else train_seg).run(argv)
+
+
 @pytest.mark.slow
 def test_train_det_tool_runs_the_recipe_on_the_photos(photos, tmp_path):
-    from backbones.dense.engine import main
-    runner = main("detection", [
+    runner = _train("detection", [
         "configs/coco/cswin_tiny_224_mask_rcnn_1x.py", "--data-dir", str(photos),
         *SMALL_FLAGS, "--epochs", "2", "--workers", "0", "--output", str(tmp_path),
         "--experiment", "det", "--log-interval", "1", "--cfg-options", "train_images=coco",
         "val_images=coco", "train_ann=coco/instances.json", "val_ann=coco/instances.json",
         "min_size=[96]", "max_size=128", "pretrained=False", "amp=False", "warmup_iters=2",
         "lr_steps=[1]"])
-    assert not isinstance(runner, int), "the tool reported an error"
     metrics = runner.val()
     assert {"coco/bbox_AP", "coco/segm_AP"} <= set(metrics)
     assert all(0.0 <= v <= 100.0 for v in metrics.values() if not np.isnan(v))
     assert runner.optim_wrapper.get_lr()["lr"][0] == pytest.approx(1e-5)  # x0.1 after epoch 1
     assert os.path.isfile(tmp_path / "det" / "epoch_2.pth")
     # resume: the finished run's last checkpoint is found and the loop has nothing left to do
-    resumed = main("detection", [
+    resumed = _train("detection", [
         "configs/coco/cswin_tiny_224_mask_rcnn_1x.py", "--data-dir", str(photos), *SMALL_FLAGS,
         "--epochs", "2", "--workers", "0", "--output", str(tmp_path), "--resume",
         str(tmp_path / "det"), "--cfg-options", "train_images=coco", "val_images=coco",
@@ -284,14 +287,12 @@ def test_train_det_tool_runs_the_recipe_on_the_photos(photos, tmp_path):
 
 @pytest.mark.slow
 def test_train_det_tool_runs_the_cascade_recipe_on_the_photos(photos, tmp_path):
-    from backbones.dense.engine import main
-    runner = main("detection", [
+    runner = _train("detection", [
         "configs/coco/cswin_tiny_224_cascade_mask_rcnn_3x.py", "--data-dir", str(photos),
         *SMALL_FLAGS, "--epochs", "1", "--workers", "0", "--output", str(tmp_path),
         "--experiment", "cascade", "--cfg-options", "train_images=coco", "val_images=coco",
         "train_ann=coco/instances.json", "val_ann=coco/instances.json", "min_size=[96,128]",
         "max_size=160", "pretrained=False", "amp=False", "warmup_iters=1"])
-    assert not isinstance(runner, int), "the tool reported an error"
     assert type(runner.model.net.roi_heads).__name__ == "CascadeRoIHeads"
     metrics = runner.val()
     assert {"coco/bbox_AP", "coco/segm_AP"} <= set(metrics)  # masks reach the evaluation
@@ -299,31 +300,81 @@ def test_train_det_tool_runs_the_cascade_recipe_on_the_photos(photos, tmp_path):
 
 @pytest.mark.slow
 def test_train_seg_tool_runs_the_recipe_on_the_photos(photos, tmp_path):
-    from backbones.dense.engine import main
-    runner = main("segmentation", [
+    runner = _train("segmentation", [
         "configs/ade20k/cswin_tiny_224_upernet_160k.py", "--data-dir", str(photos / "ade"),
         *SMALL_FLAGS, "--max-iters", "4", "--val-interval", "4", "--warmup-iters", "2",
         "--workers", "0", "--output", str(tmp_path), "--experiment", "seg", "--log-interval", "1",
         "--cfg-options", "scale=[256,64]", "crop_size=[64,64]", "num_classes=6",
         "pretrained=False", "amp=False"])
-    assert not isinstance(runner, int), "the tool reported an error"
     metrics = runner.val()
     assert set(metrics) == {"seg/mIoU", "seg/mAcc", "seg/aAcc"}
     assert 0.0 <= metrics["seg/mIoU"] <= 100.0
     assert os.path.isfile(tmp_path / "seg" / "iter_4.pth")
 
 
+DET_FLAGS = ["--cfg-options", "train_images=coco", "val_images=coco",
+             "train_ann=coco/instances.json", "val_ann=coco/instances.json", "min_size=[96]",
+             "max_size=128", "pretrained=False", "amp=False", "warmup_iters=2", "drop_path=0.1"]
+SEG_FLAGS = ["--max-iters", "4", "--val-interval", "2", "--warmup-iters", "2", "--cfg-options",
+             "scale=[256,64]", "crop_size=[64,64]", "num_classes=6", "pretrained=False",
+             "amp=False", "drop_path=0.1"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["detection", "segmentation"])
+def test_dense_resume_is_bit_exact(photos, tmp_path, task):
+    """A run stopped after its first checkpoint (epoch 1 of 2; iteration 2 of 4) and resumed ends
+    with the unbroken run's weights, bit for bit: each sample's augmentation is seeded from its
+    position in the sample stream (whatever the persistent workers did before), and the training
+    process is reseeded every epoch (every iteration of an iteration-based run)."""
+    from mmengine.hooks import Hook
+    from backbones.dense.config import build_parser, resolve_config
+    from backbones.dense.engine import build_runner
+
+    class Stop(Hook):
+        priority = "LOWEST"  # after CheckpointHook wrote the first checkpoint
+
+        def after_train_epoch(self, runner):
+            raise KeyboardInterrupt
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+            if task == "segmentation" and batch_idx == 1:
+                raise KeyboardInterrupt
+
+    if task == "detection":
+        argv = ["configs/coco/cswin_tiny_224_mask_rcnn_1x.py", "--data-dir", str(photos),
+                "--epochs", "2", *DET_FLAGS, "lr_steps=[1]"]
+        first, last = "epoch_1.pth", "epoch_2.pth"
+    else:
+        argv = ["configs/ade20k/cswin_tiny_224_upernet_160k.py", "--data-dir",
+                str(photos / "ade"), *SEG_FLAGS]
+        first, last = "iter_2.pth", "iter_4.pth"
+    argv = [*argv, *SMALL_FLAGS, "--workers", "2", "--output", str(tmp_path)]
+    unbroken = _train(task, argv + ["--experiment", "unbroken"])
+    interrupted = build_runner(resolve_config(build_parser(task).parse_args(
+        argv + ["--experiment", "job"]), task))
+    interrupted.register_hook(Stop())
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train()
+    assert (tmp_path / "job" / first).is_file() and not (tmp_path / "job" / last).exists()
+    resumed = _train(task, argv + ["--experiment", "job", "--resume", str(tmp_path / "job")])
+    assert (resumed.epoch, resumed.iter) == (unbroken.epoch, unbroken.iter)
+    live = unbroken.model.net.state_dict()
+    for k, v in resumed.model.net.state_dict().items():
+        assert torch.equal(v, live[k]), k
+
+
 def test_dense_tools_reject_bad_setups(photos, tmp_path, capsys):
-    from backbones.dense.engine import main
-    assert main("segmentation", ["configs/coco/cswin_tiny_224_mask_rcnn_1x.py",
-                                 "--data-dir", str(photos)]) == 2
+    from backbones.cli import train_det, train_seg
+    assert train_seg.main(["configs/coco/cswin_tiny_224_mask_rcnn_1x.py",
+                           "--data-dir", str(photos)]) == 2
     assert "is a detection recipe; use tools/train_det.py" in capsys.readouterr().err
-    assert main("detection", ["configs/coco/cswin_tiny_224_mask_rcnn_1x.py"]) == 2
+    assert train_det.main(["configs/coco/cswin_tiny_224_mask_rcnn_1x.py"]) == 2
     assert "--data-dir is required" in capsys.readouterr().err
-    assert main("detection", ["configs/coco/cswin_tiny_224_mask_rcnn_1x.py", "--data-dir",
-                              str(tmp_path)]) == 2
+    assert train_det.main(["configs/coco/cswin_tiny_224_mask_rcnn_1x.py", "--data-dir",
+                           str(tmp_path)]) == 2
     assert "instances_train2017.json does not exist" in capsys.readouterr().err
-    assert main("detection", ["configs/coco/nope.py", "--data-dir", str(tmp_path)]) == 2
+    assert train_det.main(["configs/coco/nope.py", "--data-dir", str(tmp_path)]) == 2
     assert "not found" in capsys.readouterr().err
 
 
@@ -334,7 +385,7 @@ def test_dense_tools_reject_bad_setups(photos, tmp_path, capsys):
               else []) if f.endswith(".py")))
 def test_every_transfer_recipe_resolves_and_names_its_paper_result(config):
     import backbones
-    from backbones.dense.engine import build_parser, resolve_config
+    from backbones.dense.config import build_parser, resolve_config
     task = "detection" if "coco" in config else "segmentation"
     cfg = resolve_config(build_parser(task).parse_args([config, "--data-dir", "/data"]), task)
     assert cfg.model in backbones.list_zoo_models()

@@ -1,9 +1,11 @@
 """tools/benchmark.py and tools/convert.py, on the CPU, without network."""
 import csv
 import dataclasses
-import importlib.util
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 import timm
@@ -18,22 +20,16 @@ from conftest import GOLDEN
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"zoo_tools_{name}",
-                                                  os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def bench_tool():
-    return _load_tool("benchmark")
+    import backbones.cli.benchmark
+    return backbones.cli.benchmark
 
 
 @pytest.fixture(scope="module")
 def convert_tool():
-    return _load_tool("convert")
+    import backbones.cli.convert
+    return backbones.cli.convert
 
 
 # ----------------------------------------------------------------------------- benchmark
@@ -45,12 +41,12 @@ def _patch_family(monkeypatch, name, **fields):
     monkeypatch.setitem(backbones._family._FAMILIES, name, record)
 
 
-def test_params_gmacs_compare_paper(bench_tool, tmp_path, capsys, monkeypatch):
+def test_benchmark_params_gmacs_compare_paper(bench_tool, tmp_path, capsys, monkeypatch):
     _patch_family(monkeypatch, "cswin", paper_results={
         "cswin_tiny_224": backbones.PaperResult(top1=82.7, params_m=23, gflops=4.3)})
     out_csv = tmp_path / "params.csv"
-    rows = bench_tool.main(["--models", "cswin_tiny_224", "--params-only", "--compare", "--paper",
-                           "--csv", str(out_csv)])
+    rows = bench_tool.run(["--models", "cswin_tiny_224", "--params-only", "--compare", "--paper",
+                          "--csv", str(out_csv)])
     assert len(rows) == 1  # CSWin has no timm twin: no extra row
     assert rows[0]["params"] == 22_320_552
     assert rows[0]["gmacs"] == pytest.approx(4.341, rel=0.01)  # official count by fvcore
@@ -62,11 +58,11 @@ def test_params_gmacs_compare_paper(bench_tool, tmp_path, capsys, monkeypatch):
         assert [r["params"] for r in csv.DictReader(f)] == ["22320552"]
 
 
-def test_timed_case_writes_csv_and_markdown(bench_tool, tmp_path):
+def test_benchmark_timed_case_writes_csv_and_markdown(bench_tool, tmp_path):
     out_csv, out_md = tmp_path / "bench.csv", tmp_path / "bench.md"
-    rows = bench_tool.main(["--models", "cswin_tiny_224", "--img-size", "64", "--batch-sizes", "1",
-                           "--iters", "1", "--warmup", "0", "--csv", str(out_csv),
-                           "--markdown", str(out_md)])
+    rows = bench_tool.run(["--models", "cswin_tiny_224", "--img-size", "64", "--batch-sizes", "1",
+                          "--iters", "1", "--warmup", "0", "--csv", str(out_csv),
+                          "--markdown", str(out_md)])
     assert len(rows) == 1 and rows[0]["error"] is None, rows
     with open(out_csv) as f:
         reader = csv.DictReader(f)
@@ -82,18 +78,19 @@ def test_timed_case_writes_csv_and_markdown(bench_tool, tmp_path):
     assert "| cswin_tiny_224 | 22.32 |" in text
 
 
-def test_rounds_pool_the_timed_calls_of_every_round(bench_tool, capsys):
-    rows = bench_tool.main(["--models", "cswin_tiny_224", "--img-size", "32", "--batch-sizes", "1",
-                            "--iters", "2", "--warmup", "0", "--rounds", "2"])
+def test_benchmark_rounds_pool_the_timed_calls_of_every_round(bench_tool, capsys):
+    rows = bench_tool.run(["--models", "cswin_tiny_224", "--img-size", "32", "--batch-sizes", "1",
+                           "--iters", "2", "--warmup", "0", "--rounds", "2"])
     assert len(rows) == 1 and rows[0]["error"] is None, rows
     assert rows[0]["iters"] == 4  # 2 timed calls x 2 rounds, pooled
     assert rows[0]["min_ms"] <= rows[0]["median_ms"]
     assert "2 rounds in turn, calls pooled" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--rounds must be >= 1"):
-        bench_tool.main(["--models", "cswin_tiny_224", "--rounds", "0"])
+        bench_tool.run(["--models", "cswin_tiny_224", "--rounds", "0"])
 
 
-def test_paired_times_ours_and_the_timm_twin_call_by_call(bench_tool, capsys, monkeypatch):
+def test_benchmark_paired_times_ours_and_the_timm_twin_call_by_call(bench_tool, capsys,
+                                                                   monkeypatch):
     calls = []
     real = bench_tool.make_step
 
@@ -103,9 +100,9 @@ def test_paired_times_ours_and_the_timm_twin_call_by_call(bench_tool, capsys, mo
         return lambda: (calls.append(name), step())[1]
 
     monkeypatch.setattr(bench_tool, "make_step", logged)
-    rows = bench_tool.main(["--models", "shvit_s1_224", "cswin_tiny_224", "--paired",
-                            "--img-size", "64", "--batch-sizes", "1", "--iters", "4",
-                            "--warmup", "1"])
+    rows = bench_tool.run(["--models", "shvit_s1_224", "cswin_tiny_224", "--paired",
+                           "--img-size", "64", "--batch-sizes", "1", "--iters", "4",
+                           "--warmup", "1"])
     (row,) = rows
     assert (row["model"], row["twin"], row["pairs"]) == ("shvit_s1_224", "shvit_s1", 4)
     assert row["ours_ms"] > 0 and row["twin_ms"] > 0 and row["ratio"] > 0
@@ -115,19 +112,19 @@ def test_paired_times_ours_and_the_timm_twin_call_by_call(bench_tool, capsys, mo
     assert "4 pairs of calls in turn" in out and "| shvit_s1_224 | shvit_s1 | 64x64 | 1 |" in out
     assert "cswin_tiny_224 has no timm twin" in out
     with pytest.raises(SystemExit, match="--paired needs zoo models with a timm twin"):
-        bench_tool.main(["--models", "cswin_tiny_224", "--paired"])
+        bench_tool.run(["--models", "cswin_tiny_224", "--paired"])
 
 
-def test_failing_model_gets_an_error_row(bench_tool, capsys):
-    rows = bench_tool.main(["--models", "cswin_tiny_224", "--params-only", "--img-size", "1"])
+def test_benchmark_failing_model_gets_an_error_row(bench_tool, capsys):
+    rows = bench_tool.run(["--models", "cswin_tiny_224", "--params-only", "--img-size", "1"])
     assert rows[0]["params"] == 22_320_552 and rows[0]["gmacs"] is None
     assert "GMAC count failed" in rows[0]["error"]
     assert "cswin_tiny_224: GMAC count failed" in capsys.readouterr().out
 
 
-def test_unknown_model_exits_with_a_message(bench_tool):
+def test_benchmark_unknown_model_exits_with_a_message(bench_tool):
     with pytest.raises(SystemExit) as exc:
-        bench_tool.main(["--models", "cswin_tinny_224", "--params-only"])
+        bench_tool.run(["--models", "cswin_tinny_224", "--params-only"])
     assert "unknown model 'cswin_tinny_224'" in str(exc.value.code)
     assert "cswin_tiny_224" in str(exc.value.code)  # the close match is suggested
 
@@ -148,7 +145,7 @@ def _fake_official_repo(root):
     return root
 
 
-def test_import_official_sees_its_own_ops_and_leaves_ours(bench_tool, tmp_path):
+def test_benchmark_import_official_sees_its_own_ops_and_leaves_ours(bench_tool, tmp_path):
     repo = _fake_official_repo(tmp_path)
     module = bench_tool.import_official(str(repo), "models/fake_cswin.py")
     assert module.WHO == "official"
@@ -157,20 +154,20 @@ def test_import_official_sees_its_own_ops_and_leaves_ours(bench_tool, tmp_path):
     assert "models" not in sys.modules and "models.fake_cswin" not in sys.modules
 
 
-def test_import_official_missing_requirement_says_what_to_do(bench_tool, tmp_path):
+def test_benchmark_import_official_missing_requirement_says_what_to_do(bench_tool, tmp_path):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "m.py").write_text("import fairscale_not_installed_anywhere\n")
     with pytest.raises(ImportError, match="install the official repository's requirements"):
         bench_tool.import_official(str(tmp_path), "models/m.py")
 
 
-def test_official_twin_rows(bench_tool, tmp_path, monkeypatch, capsys):
+def test_benchmark_official_twin_rows(bench_tool, tmp_path, monkeypatch, capsys):
     (tmp_path / "repo").mkdir()
     repo = _fake_official_repo(tmp_path / "repo")
     _patch_family(monkeypatch, "cswin",
                   official_entrypoints={"cswin_tiny_224": "models/fake_cswin.py:tiny"})
-    rows = bench_tool.main(["--models", "cswin_tiny_224", "cswin_small_224", "--params-only",
-                            "--official", str(repo)])
+    rows = bench_tool.run(["--models", "cswin_tiny_224", "cswin_small_224", "--params-only",
+                           "--official", str(repo)])
     assert [(r["model"], r["source"]) for r in rows] == [
         ("cswin_tiny_224", "zoo"), ("cswin_tiny_224", "official"), ("cswin_small_224", "zoo")]
     assert rows[1]["params"] == 22_320_552 and rows[1]["error"] is None
@@ -179,6 +176,24 @@ def test_official_twin_rows(bench_tool, tmp_path, monkeypatch, capsys):
     assert "--official: no official entrypoint is known for cswin_small_224" in printed
     diff = float(printed.split("largest output difference ")[1].split()[0])
     assert diff < 1e-5  # its weights went through checkpoint_filter_fn into ours
+
+
+BENCHMARK_TOOLS = {"benchmark": "zoo-benchmark", "benchmark_ops": "zoo-benchmark-ops",
+                   "compile_kernels": "zoo-compile-kernels", "gpu_report": "zoo-gpu-report"}
+
+
+@pytest.mark.parametrize("tool", sorted(BENCHMARK_TOOLS))
+def test_benchmark_tools_run_as_scripts_and_commands(tool):
+    """``python tools/<tool>.py`` (the shim) and the installed console script are one command."""
+    commands = [[sys.executable, os.path.join(ROOT, "tools", f"{tool}.py")]]
+    script = shutil.which(BENCHMARK_TOOLS[tool])
+    if script is None:
+        pytest.fail(f"{BENCHMARK_TOOLS[tool]} is not installed: pip install -e .")
+    commands.append([script])
+    for command in commands:
+        proc = subprocess.run(command + ["--help"], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.startswith(f"usage: {BENCHMARK_TOOLS[tool]} "), proc.stdout[:200]
 
 
 # ----------------------------------------------------------------------------- convert
@@ -199,9 +214,8 @@ def test_convert_official_checkpoint_matches_golden(convert_tool, cswin_fixture,
     torch.save({config["checkpoint_wrapper_key"]:
                 load_file(os.path.join(cswin_fixture, "state_dict.safetensors"))}, checkpoint)
     output = tmp_path / "out" / "cswin_custom.safetensors"
-    summary = convert_tool.main([str(checkpoint), "--family", "cswin",
-                                 "--official-kwargs", config_path, "--output", str(output)])
-    assert summary["num_classes"] == config["kwargs"]["num_classes"]
+    assert convert_tool.main([str(checkpoint), "--family", "cswin",
+                              "--official-kwargs", config_path, "--output", str(output)]) == 0
 
     model = backbones.cswin.create_from_official(config["kwargs"], config["official_class"])
     model.load_state_dict(load_file(output), strict=True)
@@ -213,6 +227,7 @@ def test_convert_official_checkpoint_matches_golden(convert_tool, cswin_fixture,
     with safe_open(output, "pt") as f:
         meta = f.metadata()
     assert meta["format"] == "pt" and meta["family"] == "cswin"
+    assert meta["num_classes"] == str(config["kwargs"]["num_classes"])
     assert meta["source_file"] == checkpoint.name and len(meta["source_sha256"]) == 64
     assert meta["zoo_version"] == backbones.__version__
     assert json.loads(meta["official_kwargs"]) == config["kwargs"]
@@ -224,9 +239,12 @@ def test_convert_variant_reads_num_classes_from_the_checkpoint(convert_tool, tmp
     model = timm.create_model("cswin_tiny_224", num_classes=10)
     torch.save({"model": model.state_dict()}, checkpoint)
     output = tmp_path / "cswin_tiny_10.safetensors"
-    summary = convert_tool.main([str(checkpoint), "--model", "cswin_tiny_224",
-                                 "--output", str(output)])
+    summary = convert_tool.run([str(checkpoint), "--model", "cswin_tiny_224",
+                               "--output", str(output)])
     assert summary["num_classes"] == 10 and summary["params"] == 22_320_552 - 990 * 513
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert os.stat(output).st_mode & 0o777 == 0o666 & ~umask  # like any new file, as .pth
     with safe_open(output, "pt") as f:
         assert f.metadata()["architecture"] == "cswin_tiny_224"
         assert f.get_slice("head.fc.weight").get_shape() == [10, 512]

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import backbones
-from backbones.training import build_parser, resolve_config
+from backbones.training.config import build_parser, resolve_config
 from backbones.training.data import DigitsDataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def _cfg(argv):
 
 
 def _train(argv):
-    from backbones.training.engine import train
+    from backbones.training.classification import train
     return train(_cfg(argv))
 
 
@@ -86,7 +86,7 @@ def test_exported_weights_load_through_timm_pretrained_path(tmp_path):
     runner = _train(TINY + FAST + ["--output", tmp_path, "--experiment", "digits", "--epochs",
                                    "1", "--max-train-steps", "3", "--model-ema"])
     path = glob.glob(str(tmp_path / "digits" / "cswin_tiny_224.safetensors"))[0]
-    from backbones.training.engine import ModelEmaHook
+    from backbones.training.hooks import ModelEmaHook
     ema = timm.create_model("cswin_tiny_224", num_classes=10, **TINY_KWARGS).eval()
     hook = next(h for h in runner.hooks if isinstance(h, ModelEmaHook))
     ema.load_state_dict(dict(ema.state_dict(), **hook.full_ema()))
@@ -112,7 +112,7 @@ def test_resume_continues_exactly(tmp_path):
                             "--output", tmp_path]
     unbroken = _train(common + ["--experiment", "unbroken"])
 
-    from backbones.training.engine import build_runner
+    from backbones.training.classification import build_runner
     interrupted = build_runner(_cfg(common + ["--experiment", "interrupted"]))
     interrupted.register_hook(Stop())
     with pytest.raises(KeyboardInterrupt):
@@ -137,9 +137,9 @@ RECIPE_SHAPE = [DIGITS_RECIPE, "--model-kwargs", "embed_dim=16", "depths=(1,1,1,
                 "--batch-size", "32", "--max-train-steps", "3", "--log-interval", "1"]
 KILL_MID_EPOCH_2 = """
 import os, signal, sys
-sys.path[:0] = [{root!r}, {tools!r}]
+sys.path[:0] = [{root!r}]
 from mmengine.hooks import Hook
-import backbones.training.engine as engine
+import backbones.training.classification as classification
 
 class KillMidEpoch2(Hook):
     priority = "LOWEST"
@@ -148,16 +148,16 @@ class KillMidEpoch2(Hook):
         if runner.epoch == 1 and batch_idx == 1:  # the 2nd of 3 steps of the 2nd epoch
             os.kill(os.getpid(), signal.SIGKILL)
 
-build_runner = engine.build_runner
+build_runner = classification.build_runner
 
 def build_and_arm(cfg):
     runner = build_runner(cfg)
     runner.register_hook(KillMidEpoch2())
     return runner
 
-engine.build_runner = build_and_arm
-import train
-train.main(sys.argv[1:])
+classification.build_runner = build_and_arm
+from backbones.cli.train import main
+main(sys.argv[1:])
 """
 
 
@@ -193,7 +193,7 @@ def test_resume_of_the_readme_recipe_is_bit_exact(tmp_path):
 
     env = dict(os.environ,
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    code = KILL_MID_EPOCH_2.format(root=str(ROOT), tools=str(ROOT / "tools"))
+    code = KILL_MID_EPOCH_2.format(root=str(ROOT))
     argv = [str(a) for a in RECIPE_SHAPE + ["--output", tmp_path / "killed", "--experiment", "job"]]
     # output to a file, not a pipe: the orphaned loader workers would hold a pipe open
     with open(tmp_path / "killed.log", "w") as log:
@@ -211,7 +211,7 @@ def test_augmentation_draws_do_not_depend_on_the_loader_workers(tmp_path):
     """A sample's augmentation is a function of (seed, epoch, position): epoch 2's first batch
     from persistent workers that already served epoch 1 equals a fresh loader's in the
     training process, and loading it leaves the training process's RNG streams untouched."""
-    from backbones.training.engine import build_runner
+    from backbones.training.classification import build_runner
 
     def loader(workers):
         cfg = _cfg(RECIPE_SHAPE + ["--workers", workers, "--output", tmp_path / str(workers)])
@@ -300,7 +300,7 @@ def test_progress_bar_owns_the_console_and_exports_are_ordinary_files(tmp_path, 
 
 
 def test_head_init_scale_scales_the_initial_classifier(tmp_path):
-    from backbones.training.engine import create_net, scale_head_init
+    from backbones.training.classification import create_net, scale_head_init
     torch.manual_seed(0)
     plain = create_net(_cfg(TINY + ["--output", tmp_path]))
     torch.manual_seed(0)
@@ -318,25 +318,39 @@ def test_head_init_scale_scales_the_initial_classifier(tmp_path):
 
 
 def _error(argv, capsys):
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        import importlib
-        train_tool = importlib.import_module("train")
-    finally:
-        sys.path.pop(0)
-    assert train_tool.main([str(a) for a in argv]) == 2
+    from backbones.cli.train import main
+    assert main([str(a) for a in argv]) == 2
     return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tool", ["train", "train_det", "train_seg"])
+def test_tools_and_console_scripts_exit_with_the_status(tool, tmp_path):
+    """``python tools/<tool>.py`` and the installed ``zoo-<tool>`` command are one command: a bad
+    input is one ``error:`` line and exit status 2."""
+    import shutil
+    script = shutil.which("zoo-" + tool.replace("_", "-"))
+    if script is None:
+        pytest.fail(f"zoo-{tool.replace('_', '-')} is not installed: pip install -e .")
+    args = ["--model", "nope"] if tool == "train" else [str(tmp_path / "nope.py")]
+    for command in ([sys.executable, str(ROOT / "tools" / f"{tool}.py")], [script]):
+        proc = subprocess.run(command + args + ["--output", str(tmp_path)], capture_output=True,
+                              text=True, timeout=300, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
 
 
 def test_bce_loss_is_per_class_sigmoid_on_thresholded_mixed_targets():
     """--bce-loss (ResNet Strikes Back, the HaloNet recipes): the loss is the mean per-class
     binary cross-entropy of the logits against mixup's targets binarised at the threshold."""
     from timm.data import Mixup
-    from backbones.training.engine import ZooClassifier
+    from backbones.training.classification import ZooClassifier
+    from backbones.training.losses import build_loss, recipe_loss
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
     mixup = Mixup(mixup_alpha=0.2, cutmix_alpha=0.0, label_smoothing=0.0, num_classes=5)
-    model = ZooClassifier(net, mixup, smoothing=0.0, bce_loss=True, bce_target_thresh=0.2)
+    cfg = _cfg(["--bce-loss", "--bce-target-thresh", "0.2", "--smoothing", "0.0"])
+    assert cfg.bce_loss is True
+    model = ZooClassifier(net, build_loss(recipe_loss(cfg, mixup_active=True)), mixup)
     x, y = torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 2, 3])
     np.random.seed(0)  # timm's Mixup draws lambda with numpy (0.70 here) and mixes in place
     loss = model(x.clone(), y, mode="loss")["loss"]
@@ -348,12 +362,102 @@ def test_bce_loss_is_per_class_sigmoid_on_thresholded_mixed_targets():
     expected = -(target * F.logsigmoid(logits) + (1 - target) * F.logsigmoid(-logits)).mean()
     assert torch.allclose(loss, expected, atol=1e-6)
     # without mixup the hard labels are one-hot (and smoothed when asked)
-    plain = ZooClassifier(net, None, smoothing=0.0, bce_loss=True)
+    plain = ZooClassifier(net, build_loss(recipe_loss(_cfg(["--bce-loss", "--smoothing", "0"]),
+                                                      mixup_active=False)))
     onehot = F.one_hot(y, 5).float()
     logits = net(x)
     expected = -(onehot * F.logsigmoid(logits) + (1 - onehot) * F.logsigmoid(-logits)).mean()
     assert torch.allclose(plain(x, y, mode="loss")["loss"], expected, atol=1e-6)
-    assert _cfg(["--bce-loss", "--bce-target-thresh", "0.2"]).bce_loss is True
+
+
+def _distillation_recipe(tmp_path, **extra):
+    """A digits recipe (TINY student) distilled from a TINY teacher exported to a file."""
+    from backbones.training.checkpoint import write_safetensors
+    torch.manual_seed(1)
+    teacher = timm.create_model("cswin_tiny_224", num_classes=10, **TINY_KWARGS)
+    path = write_safetensors(teacher, str(tmp_path / "teacher.safetensors"))
+    recipe = dict(
+        model="cswin_tiny_224", model_kwargs=TINY_KWARGS, img_size=32, crop_pct=1.0, workers=0,
+        batch_size=8, warmup_epochs=0, lr=1e-3, epochs=1, max_train_steps=2, log_interval=1,
+        mixup=0.5, model_ema=True,
+        loss=dict(type="distillation", base="soft_target_ce", alpha=0.5, tau=2.0),
+        teacher=dict(model="cswin_tiny_224", model_kwargs=TINY_KWARGS, checkpoint=path))
+    recipe.update(extra)
+    config = tmp_path / "distill.py"
+    config.write_text("".join(f"{k} = {v!r}\n" for k, v in recipe.items()))
+    return config, teacher
+
+
+def test_a_recipe_names_a_registered_loss_with_a_frozen_teacher(tmp_path):
+    """The distillation recipe trains; the teacher is frozen (eval mode, no gradients, its weights
+    untouched) and in no checkpoint or export; the loss terms are logged one by one."""
+    config, reference = _distillation_recipe(tmp_path)
+    runner = _train([config, "--output", tmp_path, "--experiment", "kd"])
+    teacher = runner.model.teacher
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    for k, v in reference.state_dict().items():
+        assert torch.equal(teacher.state_dict()[k], v), k
+    assert type(runner.model.train_loss).__name__ == "DistillationLoss"
+    student_keys = set(runner.model.net.state_dict())
+    ckpt = torch.load(tmp_path / "kd" / "epoch_1.pth", map_location="cpu", weights_only=False)
+    assert {k[len("net."):] for k in ckpt["state_dict"]} == student_keys
+    assert all(k.startswith("net.") for k in ckpt["state_dict"])
+    assert set(ckpt["ema_state_dict"]) <= student_keys
+    assert set(_final_state(runner)) == student_keys
+    scalars = glob.glob(str(tmp_path / "kd" / "*" / "vis_data" / "scalars.json"))
+    records = [json.loads(line) for line in open(scalars[0])]
+    steps = [r for r in records if "loss_distill" in r]
+    assert len(steps) == 2 and all(
+        r["loss"] == pytest.approx(r["loss_base"] + r["loss_distill"], abs=1e-3) for r in steps)
+
+
+@pytest.mark.parametrize("case", ["unknown_loss", "teacher_missing", "teacher_unused"])
+def test_bad_loss_recipes_are_clear_errors(tmp_path, capsys, case):
+    extra = {"unknown_loss": dict(loss="focal_lossy"),
+             "teacher_missing": dict(teacher=None),
+             "teacher_unused": dict(loss="soft_target_ce")}[case]
+    config, _ = _distillation_recipe(tmp_path, **extra)
+    err = _error([config, "--output", tmp_path], capsys)
+    expected = {
+        "unknown_loss": ["unknown loss 'focal_lossy'", "bce, cross_entropy, distillation, "
+                         "label_smoothing_ce, soft_target_ce"],
+        "teacher_missing": ["compares the student with a teacher", "teacher = dict("],
+        "teacher_unused": ["names a teacher", "'soft_target_ce' uses none"],
+    }[case]
+    for part in expected:
+        assert part in err, err
+
+
+def test_register_loss_adds_a_name_recipes_can_use():
+    from backbones.training.losses import LOSSES, build_loss, register_loss
+
+    @register_loss("test_scaled_ce")
+    class ScaledCE(torch.nn.Module):
+        def __init__(self, scale=1.0):
+            super().__init__()
+            self.scale = scale
+
+        def forward(self, outputs, targets):
+            return self.scale * F.cross_entropy(outputs, targets)
+
+    try:
+        loss = build_loss(dict(type="test_scaled_ce", scale=2.0))
+        assert isinstance(loss, ScaledCE) and loss.scale == 2.0
+        with pytest.raises(ValueError, match="already registered"):
+            register_loss("test_scaled_ce")(ScaledCE)
+        with pytest.raises(ValueError, match="test_scaled_ce.*unexpected keyword"):
+            build_loss(dict(type="test_scaled_ce", gamma=2))
+    finally:
+        LOSSES.pop("test_scaled_ce")
+
+
+def test_steps_per_epoch_counts_the_batches_the_loader_yields(tmp_path):
+    """The loader drops the last partial batch: 1433 digits in batches of 100 are 14 steps (the
+    lr schedule counts the updates the loop makes)."""
+    from backbones.training.classification import build_runner
+    runner = build_runner(_cfg(TINY + ["--batch-size", "100", "--workers", "0", "--output",
+                                       tmp_path]))
+    assert runner.zoo["steps_per_epoch"] == len(runner.train_loop.dataloader) == 14
 
 
 def test_missing_data_dir_is_a_clear_error(tmp_path, capsys):
@@ -390,15 +494,15 @@ def test_corrupt_image_is_skipped_named_and_counted(tmp_path):
 
 
 def test_initial_checkpoint_class_mismatch(tmp_path, capsys):
-    from backbones.training.engine import export_weights
+    from backbones.training.checkpoint import write_safetensors
     net = timm.create_model("cswin_tiny_224", num_classes=7, **TINY_KWARGS)
-    ckpt = export_weights(net, str(tmp_path / "seven.safetensors"))
+    ckpt = write_safetensors(net, str(tmp_path / "seven.safetensors"))
     err = _error(TINY + ["--initial-checkpoint", ckpt, "--output", tmp_path], capsys)
     assert "7-class head" in err and "--num-classes 10" in err
     # with --num-classes given: a new head, the rest of the weights loaded
     runner_cfg = _cfg(TINY + FAST + ["--initial-checkpoint", ckpt, "--num-classes", "10",
                                      "--output", tmp_path])
-    from backbones.training.engine import create_net
+    from backbones.training.classification import create_net
     fresh = create_net(runner_cfg)
     assert fresh.num_classes == 10
     for k, v in net.state_dict().items():
@@ -426,7 +530,7 @@ def test_no_arguments_is_the_embedded_digits_recipe():
 
 @pytest.mark.slow
 def test_every_zoo_model_has_a_recipe_that_builds(tmp_path):
-    from backbones.training.engine import build_runner
+    from backbones.training.classification import build_runner
     data = _image_folder(tmp_path / "data", classes=2, train=2, val=1)
     names = backbones.list_zoo_models()
     missing = [n for n in names if not (ROOT / "configs" / "imagenet" / f"{n}.py").is_file()]

@@ -1,7 +1,6 @@
-"""tools/validate.py on the CPU, without network: accuracy against an independent computation,
+"""tools/validate.py (backbones.cli.validate) on the CPU, without network: accuracy against an independent computation,
 image folders with a corrupt file, EMA selection, results files and clear input errors."""
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,7 +16,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transf
 
 import backbones  # noqa: F401  (registers the zoo models)
 from backbones.training.data import DigitsDataset
-from backbones.training.engine import export_weights
+from backbones.training.checkpoint import write_safetensors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "validate.py")
@@ -31,10 +30,8 @@ DIGITS_ARGS = ["--model", "cswin_tiny_224", *TINY_ARGS, "--img-size", "32", "--c
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("zoo_tools_validate", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    import backbones.cli.validate
+    return backbones.cli.validate
 
 
 def _tiny(num_classes=10, seed=0):
@@ -67,7 +64,8 @@ def weights(tmp_path_factory):
             loss.backward()
             opt.step()
     net.eval()
-    trained_path = export_weights(net, str(out / "tiny.safetensors"), dict(model="cswin_tiny_224"))
+    trained_path = write_safetensors(net, str(out / "tiny.safetensors"),
+                                     dict(model="cswin_tiny_224"))
     # an official-style .pth: live and EMA weights under wrapper keys, DDP prefixes
     pth = out / "tiny_ema.pth.tar"
     torch.save({"state_dict": {f"module.{k}": v for k, v in untrained.state_dict().items()},
@@ -95,7 +93,7 @@ def _reference_accuracy(state_dict):
 
 
 def test_digits_accuracy_matches_independent_computation(tool, weights, capsys):
-    results = tool.main([*DIGITS_ARGS, "--checkpoint", weights["trained"]])
+    results = tool.run([*DIGITS_ARGS, "--checkpoint", weights["trained"]])
     assert isinstance(results, list) and len(results) == 1
     r = results[0]
     top1, top5, n = _reference_accuracy(load_file(weights["trained"]))
@@ -113,9 +111,9 @@ def test_digits_accuracy_matches_independent_computation(tool, weights, capsys):
 
 
 def test_use_ema_picks_the_ema_weights(tool, weights):
-    trained = tool.main([*DIGITS_ARGS, "--checkpoint", weights["trained"]])[0]
-    ema = tool.main([*DIGITS_ARGS, "--checkpoint", weights["pth"], "--use-ema"])[0]
-    live = tool.main([*DIGITS_ARGS, "--checkpoint", weights["pth"]])[0]
+    trained = tool.run([*DIGITS_ARGS, "--checkpoint", weights["trained"]])[0]
+    ema = tool.run([*DIGITS_ARGS, "--checkpoint", weights["pth"], "--use-ema"])[0]
+    live = tool.run([*DIGITS_ARGS, "--checkpoint", weights["pth"]])[0]
     assert ema["top1"] == trained["top1"] and ema["top5"] == trained["top5"]
     top1, top5, _ = _reference_accuracy(weights["untrained"].state_dict())
     assert live["top1"] == pytest.approx(top1, abs=1e-3)
@@ -137,8 +135,8 @@ def _image_folder(root, classes=("cat", "dog", "fox"), per_class=3):
 def test_image_folder_skips_corrupt_image(tool, tmp_path, capsys):
     root = _image_folder(tmp_path / "data")
     (root / "val" / "dog" / "broken.jpg").write_bytes(os.urandom(2048))
-    results = tool.main(["--model", "cswin_tiny_224", *TINY_ARGS, "--data-dir", str(root),
-                         "--workers", "2", "-b", "4", "--device", "cpu"])
+    results = tool.run(["--model", "cswin_tiny_224", *TINY_ARGS, "--data-dir", str(root),
+                              "--workers", "2", "-b", "4", "--device", "cpu"])
     assert isinstance(results, list), capsys.readouterr().err
     r = results[0]
     assert r["images"] == 9  # 3 classes x 3 images; the corrupt one is not scored
@@ -151,15 +149,16 @@ def test_image_folder_skips_corrupt_image(tool, tmp_path, capsys):
 
 def test_results_files(tool, weights, tmp_path):
     out_json, out_csv = tmp_path / "res" / "r.json", tmp_path / "r.csv"
-    results = tool.main([*DIGITS_ARGS, "--checkpoint", weights["trained"],
-                         "--results-file", str(out_json)])
+    results = tool.run([*DIGITS_ARGS, "--checkpoint", weights["trained"],
+                              "--results-file", str(out_json)])
     with open(out_json) as f:
         written = json.load(f)
     assert written == results
     for key in ("model", "top1", "top5", "images", "img_size", "crop_pct", "interpolation",
                 "param_count"):
         assert key in written[0]
-    tool.main([*DIGITS_ARGS, "--checkpoint", weights["trained"], "--results-file", str(out_csv)])
+    assert tool.main([*DIGITS_ARGS, "--checkpoint", weights["trained"],
+                      "--results-file", str(out_csv)]) == 0
     with open(out_csv) as f:
         row = next(csv.DictReader(f))
     assert float(row["top1"]) == results[0]["top1"] and int(row["images"]) == 364

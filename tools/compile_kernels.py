@@ -1,5 +1,4 @@
-"""``python tools/compile_kernels.py`` is ``zoo-compile-kernels``: see
-backbones/cli/compile_kernels.py."""
+"""``python tools/compile_kernels.py`` is ``zoo-compile-kernels``: see backbones/cli/compile_kernels.py."""
 import sys
 
 from backbones.cli.compile_kernels import main

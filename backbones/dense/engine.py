@@ -1,129 +1,27 @@
-"""Detection and segmentation training on the classification CLI's engine (mmengine's Runner,
-torchrun DDP, resume, AMP, wandb): ``tools/train_det.py`` and ``tools/train_seg.py``.
-
-Settings resolve as for classification: ``DEFAULTS`` <- config file (``configs/coco/*.py``,
-``configs/ade20k/*.py``, ``_base_`` inheritance) <- flags <- ``--cfg-options``. The schedules are
-the papers' mmdet / mmseg ones: detection by epochs (linear warm-up over ``warmup_iters``, then
-x ``gamma`` at each of ``lr_steps``), segmentation by iterations (warm-up, then poly decay).
-AdamW with no weight decay on norms, biases, position embeddings and relative-position tables
-(mmdet / mmseg ``paramwise_cfg``).
+"""Detection and segmentation training on the training runtime (mmengine's Runner, torchrun DDP,
+resume, AMP, wandb): the torchvision detectors and the segmentors as mmengine models, COCO AP and
+mIoU as metrics, and ``build_runner``. Settings: ``dense.config``; schedules:
+``training.schedule``; loaders: ``training.data`` (resume-exact, as classification's).
 """
-import argparse
 import os
-import time
 
 import torch
-from mmengine.config import Config, DictAction
 from mmengine.evaluator import BaseMetric
 from mmengine.model import BaseDataPreprocessor, BaseModel
-from mmengine.optim import AmpOptimWrapper, OptimWrapper
 
-from ..training import engine as cls_engine
-from ..training.data import DataError
+from ..training import data, runtime
+from ..training.checkpoint import read_state_dict
+from ..training.hooks import ReseedHook
+from ..training.schedule import detection_schedule, segmentation_schedule
 from .data import (
     ADE20KSegmentation, CocoDetection, detection_collate, summarize_coco, to_coco_results)
-from .detection import DETECTORS, build_detector
-from .metrics import intersect_and_union
+from .detection import build_detector
+from .metrics import intersect_and_union, iou_scores
 from .segmentation import build_segmentor
 
-__all__ = ["DEFAULTS", "build_parser", "resolve_config", "build_runner", "train"]
+__all__ = ["CocoMetric", "SegIoUMetric", "ZooDetector", "ZooSegmentationModel", "build_runner",
+           "param_groups", "train"]
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-DEFAULTS = dict(
-    task=None,
-    # model
-    model=None, model_kwargs={}, pretrained=False, initial_checkpoint=None, drop_path=None,
-    detector="mask_rcnn", head="upernet", num_classes=None, frozen_stages=-1, norm_eval=False,
-    # COCO (paths relative to data_dir)
-    train_images="train2017", val_images="val2017",
-    train_ann="annotations/instances_train2017.json", val_ann="annotations/instances_val2017.json",
-    # shorter side: one value, or the multi-scale choices (3x schedules); evaluation uses the last
-    min_size=(800,), max_size=1333,
-    # ADE20K
-    train_split="training", val_split="validation", reduce_zero_label=True,
-    scale=(2048, 512), crop_size=(512, 512), ratio_range=(0.5, 2.0), test_mode="whole",
-    slide_stride=(341, 341),
-    data_dir=None, workers=2, batch_size=2,
-    # optimisation
-    opt="adamw", lr=1e-4, weight_decay=0.05, opt_betas=(0.9, 0.999), clip_grad=None,
-    no_decay_keys=("norm", "pos_embed", "relative_position", "rel_pos"),
-    epochs=12, lr_steps=(8, 11), gamma=0.1,  # detection: step schedule by epochs
-    max_iters=160000, sched="poly", poly_power=1.0, min_lr=0.0,  # segmentation: poly / cosine
-    warmup_iters=500, warmup_ratio=0.001,
-    # runtime
-    amp=False, amp_dtype="bfloat16", device=None, seed=0, deterministic=False,
-    output="./output", experiment=None, checkpoint_hist=3, resume=None, log_wandb=False,
-    wandb_project="backbone-zoo", log_interval=50, val_interval=None,
-)
-
-_FLAGS = {
-    "model": (str, "zoo or timm model name"), "data_dir": (str, "data root"),
-    "num_classes": (int, "classes (default: the data set's)"),
-    "detector": (str, f"one of {', '.join(DETECTORS)}"), "head": (str, "upernet or semantic_fpn"),
-    "initial_checkpoint": (str, "backbone or whole-model weights to start from"),
-    "drop_path": (float, "stochastic depth rate of the backbone"),
-    "batch_size": (int, "images per process"), "workers": (int, "data-loader workers"),
-    "lr": (float, "learning rate"), "weight_decay": (float, "weight decay"),
-    "epochs": (int, "detection epochs"), "max_iters": (int, "segmentation iterations"),
-    "warmup_iters": (int, "linear warm-up iterations"),
-    "device": (str, "cuda, cpu (default: cuda if available)"), "seed": (int, "random seed"),
-    "output": (str, "output root"), "experiment": (str, "run name"),
-    "resume": (str, "a run folder or checkpoint to resume, or 'auto'"),
-    "log_interval": (int, "log every N iterations"),
-    "val_interval": (int, "validate every N epochs (detection) / iterations (segmentation)"),
-}
-_SWITCHES = {"pretrained": "start from the backbone's ImageNet weights", "amp": "mixed precision",
-             "log_wandb": "log to wandb", "norm_eval": "BatchNorms of the backbone in eval mode"}
-
-
-def build_parser(task):
-    prog = "tools/train_det.py" if task == "detection" else "tools/train_seg.py"
-    p = argparse.ArgumentParser(prog=prog, description=(
-        f"Train a {'COCO detector' if task == 'detection' else 'semantic segmentor'} on a zoo "
-        "backbone with mmengine's Runner (torchrun for DDP)."))
-    p.add_argument("config", help="recipe, e.g. configs/coco/cswin_tiny_224_mask_rcnn_1x.py")
-    for key, (typ, help_) in _FLAGS.items():
-        p.add_argument("--" + key.replace("_", "-"), dest=key, type=typ, default=None, help=help_)
-    for key, help_ in _SWITCHES.items():
-        p.add_argument("--" + key.replace("_", "-"), dest=key, action="store_true", default=None,
-                       help=help_)
-    p.add_argument("--model-kwargs", nargs="*", default=None, action=DictAction)
-    p.add_argument("--cfg-options", nargs="+", action=DictAction, default=None,
-                   help="override any config key, key=value")
-    return p
-
-
-def resolve_config(args, task):
-    if not os.path.isfile(args.config):
-        raise FileNotFoundError(f"config {args.config!r} not found; recipes live in "
-                                f"configs/{'coco' if task == 'detection' else 'ade20k'}/")
-    cfg = Config(dict(DEFAULTS, task=task))
-    cfg.merge_from_dict(Config.fromfile(args.config).to_dict())
-    cfg.merge_from_dict({k: v for k, v in vars(args).items()
-                         if v is not None and k not in ("config", "cfg_options", "model_kwargs")})
-    if args.model_kwargs:
-        cfg.model_kwargs = dict(cfg.model_kwargs, **args.model_kwargs)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    cfg.config_file = os.path.abspath(args.config)
-    unknown = sorted(set(cfg.to_dict()) - set(DEFAULTS) - {"config_file", "paper"})
-    if unknown:
-        raise KeyError(f"unknown config keys {unknown} (see backbones.dense.engine.DEFAULTS)")
-    if cfg.task != task:
-        raise ValueError(f"{args.config} is a {cfg.task} recipe; use "
-                         f"tools/train_{'det' if cfg.task == 'detection' else 'seg'}.py")
-    if cfg.model is None:
-        raise ValueError("no model: pass --model NAME or set model in the config")
-    if cfg.data_dir is None:
-        raise ValueError("--data-dir is required (COCO root with train2017/ val2017/ "
-                         "annotations/, or ADE20K root with images/ annotations/)")
-    return cfg
-
-
-# ----------------------------------------------------------------------------------------------
-# mmengine model / metric wrappers
-# ----------------------------------------------------------------------------------------------
 
 class _ListPreprocessor(BaseDataPreprocessor):
     """(images, targets) batches of lists to the device; images keep their own sizes."""
@@ -143,7 +41,7 @@ class ZooDetector(BaseModel):
         self.net = net
 
     def init_weights(self):
-        """Nothing: torchvision / timm initialised the weights (see the classification engine)."""
+        """Nothing: torchvision / timm initialised the weights (see the classification task)."""
 
     def forward(self, inputs, targets=None, mode="tensor"):
         if mode == "loss":
@@ -215,15 +113,9 @@ class SegIoUMetric(BaseMetric):
                 s["pred"], s["label"], self.num_classes, self.ignore_index)).double())
 
     def compute_metrics(self, results):
-        intersect, union, _, label = torch.stack(results).sum(0)
-        return dict(mIoU=100 * torch.nanmean(intersect / union).item(),
-                    mAcc=100 * torch.nanmean(intersect / label).item(),
-                    aAcc=100 * (intersect.sum() / label.sum()).item())
+        scores = iou_scores(torch.stack(results).sum(0))
+        return {k: scores[k] for k in ("mIoU", "mAcc", "aAcc")}
 
-
-# ----------------------------------------------------------------------------------------------
-# Building a run
-# ----------------------------------------------------------------------------------------------
 
 def param_groups(net, weight_decay, no_decay_keys):
     """Two AdamW groups: decayed weights, and (mmdet / mmseg ``paramwise_cfg``) biases, norms,
@@ -270,14 +162,22 @@ def _build_net(cfg, num_classes):
     return net
 
 
-def build_runner(cfg):
-    from mmengine.hooks import (CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook,
-                                ParamSchedulerHook, RuntimeInfoHook)
+def _load_initial_checkpoint(net, path):
+    """Backbone or whole-model weights: every key of the file that the model has."""
+    state = read_state_dict(path, what="--initial-checkpoint")
+    _, unexpected = net.load_state_dict(state, strict=False)
+    if not set(state) - set(unexpected):
+        raise ValueError(f"--initial-checkpoint {path}: none of its keys belong to this model")
 
-    cls_engine._install_mmengine_fixes()
-    ZooRunner = cls_engine._zoo_runner_class()
-    device = cls_engine._resolve_device(cfg)
-    launcher, world_size, rank = cls_engine._setup_distributed(device)
+
+def build_runner(cfg):
+    """An mmengine Runner for one detection or segmentation run described by ``cfg`` (see
+    dense.config.DEFAULTS)."""
+    from mmengine.dataset import DefaultSampler, InfiniteSampler
+    from mmengine.hooks import CheckpointHook
+
+    device = runtime.resolve_device(cfg)
+    launcher, world_size, rank = runtime.setup_distributed(device)
     torch.manual_seed(cfg.seed)
     train_set, val_set, num_classes = _datasets(cfg)
     net = _build_net(cfg, num_classes)
@@ -289,94 +189,44 @@ def build_runner(cfg):
         # the cascade's 4conv1fc box heads use SyncBN in mmdet (the backbone keeps its norms)
         net.roi_heads = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net.roi_heads)
     if cfg.initial_checkpoint:
-        state = torch.load(cfg.initial_checkpoint, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state.get("model", state))
-        missing, unexpected = net.load_state_dict(state, strict=False)
-        if not set(state) - set(unexpected):
-            raise ValueError(f"--initial-checkpoint {cfg.initial_checkpoint}: none of its keys "
-                             "belong to this model")
-    if cfg.task == "detection":
-        model = ZooDetector(net)
-    else:
-        model = ZooSegmentationModel(net)
+        _load_initial_checkpoint(net, cfg.initial_checkpoint)
+    model = ZooDetector(net) if cfg.task == "detection" else ZooSegmentationModel(net)
 
     optimizer = torch.optim.AdamW(param_groups(net, cfg.weight_decay, cfg.no_decay_keys),
                                   lr=cfg.lr, betas=tuple(cfg.opt_betas))
-    clip = dict(max_norm=cfg.clip_grad) if cfg.clip_grad else None
-    wrapper = dict(optimizer=optimizer, clip_grad=clip)
-    if cfg.amp and device.type == "cuda":
-        optim_wrapper = AmpOptimWrapper(dtype=cfg.amp_dtype, **wrapper)
-    elif cfg.amp:
-        optim_wrapper = cls_engine.CpuAmpOptimWrapper(**wrapper)
-    else:
-        optim_wrapper = OptimWrapper(**wrapper)
+    optim_wrapper = runtime.build_optim_wrapper(
+        optimizer, device, cfg.amp, cfg.amp_dtype,
+        clip_grad=dict(max_norm=cfg.clip_grad) if cfg.clip_grad else None)
 
     by_epoch = cfg.task == "detection"
-    warmup = [dict(type="LinearLR", start_factor=cfg.warmup_ratio, by_epoch=False, begin=0,
-                   end=cfg.warmup_iters)] if cfg.warmup_iters > 0 else []
     if by_epoch:
-        schedulers = warmup + [dict(type="MultiStepLR", by_epoch=True, begin=0, end=cfg.epochs,
-                                   milestones=list(cfg.lr_steps), gamma=cfg.gamma)]
         train_cfg = dict(by_epoch=True, max_epochs=cfg.epochs, val_interval=cfg.val_interval or 1)
-        evaluator = [CocoMetric(val_set)]
+        schedule, evaluator = detection_schedule(cfg), [CocoMetric(val_set)]
         checkpoint = CheckpointHook(interval=1, by_epoch=True, max_keep_ckpts=cfg.checkpoint_hist,
                                     save_last=True)
+        sampler = DefaultSampler(train_set, shuffle=True, seed=cfg.seed)
     else:
         val_interval = cfg.val_interval or max(1, cfg.max_iters // 10)
-        if cfg.sched not in ("poly", "cosine"):
-            raise ValueError(f"sched must be 'poly' or 'cosine' for segmentation, got {cfg.sched!r}")
-        decay = dict(type="PolyLR", power=cfg.poly_power) if cfg.sched == "poly" else \
-            dict(type="CosineAnnealingLR", T_max=cfg.max_iters - cfg.warmup_iters)
-        schedulers = warmup + [dict(decay, by_epoch=False, begin=cfg.warmup_iters,
-                                    end=cfg.max_iters, eta_min=cfg.min_lr)]
         train_cfg = dict(by_epoch=False, max_iters=cfg.max_iters, val_interval=val_interval)
-        evaluator = [SegIoUMetric(num_classes)]
+        schedule, evaluator = segmentation_schedule(cfg), [SegIoUMetric(num_classes)]
         checkpoint = CheckpointHook(interval=val_interval, by_epoch=False,
                                     max_keep_ckpts=cfg.checkpoint_hist, save_last=True)
+        sampler = InfiniteSampler(train_set, shuffle=True, seed=cfg.seed)
 
-    collate = dict(type=detection_collate)
-    loader = dict(num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
-                  pin_memory=device.type == "cuda", collate_fn=collate)
-    train_loader = dict(dataset=train_set, batch_size=cfg.batch_size, drop_last=not by_epoch,
-                        sampler=dict(type="DefaultSampler" if by_epoch else "InfiniteSampler",
-                                     shuffle=True, seed=cfg.seed), **loader)
-    val_loader = dict(dataset=val_set, batch_size=1 if not by_epoch else cfg.batch_size,
-                      sampler=dict(type="DefaultSampler", shuffle=False), drop_last=False,
-                      **loader)
-
-    experiment = cfg.experiment or f"{cfg.model}-{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}"
-    work_dir = os.path.abspath(os.path.join(cfg.output, experiment))
-    cls_engine._TRUSTED_ROOTS.add(os.path.abspath(cfg.output))
-    resume, load_from = False, None
-    if cfg.resume:
-        resume, load_from, work_dir = cls_engine._resume_target(cfg, work_dir)
-    else:
-        work_dir = cls_engine._fresh_dir(work_dir)
-    cls_engine._TRUSTED_ROOTS.add(work_dir)
-    vis_backends = [dict(type="LocalVisBackend")]
-    if cfg.log_wandb:
-        vis_backends.append(dict(type="WandbVisBackend",
-                                 init_kwargs=dict(project=cfg.wandb_project, name=experiment)))
-    runner = ZooRunner(
-        model=model, work_dir=work_dir, train_dataloader=train_loader, val_dataloader=val_loader,
+    loader_kwargs = dict(workers=cfg.workers, pin_memory=device.type == "cuda",
+                         collate_fn=dict(type=detection_collate))
+    train_loader = data.train_loader(train_set, sampler, seed=cfg.seed, rank=rank,
+                                     batch_size=cfg.batch_size, drop_last=not by_epoch,
+                                     **loader_kwargs)
+    val_loader = data.eval_loader(val_set, batch_size=cfg.batch_size if by_epoch else 1,
+                                  **loader_kwargs)
+    runner = runtime.create_runner(
+        cfg, experiment=runtime.experiment_name(cfg, cfg.model, cfg.task), device=device,
+        launcher=launcher, model=model, train_dataloader=train_loader, val_dataloader=val_loader,
         train_cfg=train_cfg, val_cfg=dict(), val_evaluator=evaluator,
-        optim_wrapper=optim_wrapper, param_scheduler=schedulers,
-        default_hooks=dict(runtime_info=RuntimeInfoHook(), timer=IterTimerHook(),
-                           logger=LoggerHook(interval=cfg.log_interval),
-                           param_scheduler=ParamSchedulerHook(), checkpoint=checkpoint,
-                           sampler_seed=DistSamplerSeedHook()),
-        launcher=launcher,
-        env_cfg=dict(dist_cfg=dict(backend="nccl" if device.type == "cuda" else "gloo"),
-                     cudnn_benchmark=False),
-        randomness=dict(seed=cfg.seed, deterministic=bool(cfg.deterministic)),
-        visualizer=dict(type="Visualizer", vis_backends=vis_backends,
-                        name=f"visualizer-{experiment}-{id(cfg)}"),
-        resume=resume, load_from=load_from,
-        experiment_name=f"{experiment}-{os.getpid()}-{id(cfg)}", log_level="INFO",
-        cfg=dict(cfg.to_dict(), model_wrapper_cfg=dict(
-            type="MMDistributedDataParallel", broadcast_buffers=False, find_unused_parameters=True,
-            device_ids=None if device.type != "cuda" else [torch.cuda.current_device()])),
-    )
+        optim_wrapper=optim_wrapper, param_scheduler=schedule, checkpoint_hook=checkpoint,
+        custom_hooks=[ReseedHook(cfg.seed, by_epoch=by_epoch)], cudnn_benchmark=False,
+        model_wrapper_cfg=runtime.ddp_wrapper_cfg(device, find_unused_parameters=True))
     runner.logger.info(
         f"{cfg.task} {cfg.detector if by_epoch else cfg.head} on {cfg.model}: "
         f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f} M params, {num_classes} classes, "
@@ -388,20 +238,4 @@ def build_runner(cfg):
 def train(cfg):
     runner = build_runner(cfg)
     runner.train()
-    return runner
-
-
-def main(task, argv=None):
-    import sys
-    args = build_parser(task).parse_args(argv)
-    try:
-        cfg = resolve_config(args, task)
-        runner = train(cfg)
-    except (DataError, FileNotFoundError, KeyError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if runner.world_size > 1:  # lets a user (and the tests) see that the ranks agree
-        net = runner.model.module.net if hasattr(runner.model, "module") else runner.model.net
-        # parameters only: BatchNorm statistics stay per process on the CPU (SyncBN needs CUDA)
-        cls_engine.print_rank_checksum(runner.rank, net.parameters())
     return runner

@@ -9,7 +9,7 @@ the total intersection over the total labelled area.
 """
 import torch
 
-__all__ = ["IoUMetric", "intersect_and_union"]
+__all__ = ["IoUMetric", "intersect_and_union", "iou_scores"]
 
 
 def intersect_and_union(pred, label, num_classes, ignore_index=255, reduce_zero_label=False):
@@ -34,6 +34,18 @@ def intersect_and_union(pred, label, num_classes, ignore_index=255, reduce_zero_
     return area_intersect, area_pred + area_label - area_intersect, area_pred, area_label
 
 
+def iou_scores(totals):
+    """aAcc, mIoU, mAcc (percent) and the per-class IoU and Acc (percent, tensors) of the
+    per-class counts of :func:`intersect_and_union` summed over a data set: ``totals`` stacks
+    (intersection, union, prediction area, label area)."""
+    intersect, union, _, label = totals
+    iou = intersect / union  # 0 / 0 -> NaN for classes absent everywhere
+    acc = intersect / label
+    return dict(aAcc=100 * (intersect.sum() / label.sum()).item(),
+                mIoU=100 * torch.nanmean(iou).item(), mAcc=100 * torch.nanmean(acc).item(),
+                IoU=100 * iou, Acc=100 * acc)
+
+
 class IoUMetric:
     """Accumulates :func:`intersect_and_union` over images; :meth:`compute` gives aAcc, mIoU,
     mAcc (percent) and the per-class IoU / Acc."""
@@ -56,13 +68,7 @@ class IoUMetric:
             self.totals += torch.stack(counts).double()
 
     def compute(self):
-        intersect, union, _, label = self.totals
-        iou = intersect / union  # 0 / 0 -> NaN for classes absent everywhere
-        acc = intersect / label
-        return {
-            "aAcc": 100 * (intersect.sum() / label.sum()).item(),
-            "mIoU": 100 * torch.nanmean(iou).item(),
-            "mAcc": 100 * torch.nanmean(acc).item(),
-            "IoU": dict(zip(self.class_names, (100 * iou).tolist())),
-            "Acc": dict(zip(self.class_names, (100 * acc).tolist())),
-        }
+        scores = iou_scores(self.totals)
+        scores["IoU"] = dict(zip(self.class_names, scores["IoU"].tolist()))
+        scores["Acc"] = dict(zip(self.class_names, scores["Acc"].tolist()))
+        return scores

@@ -3,14 +3,16 @@
 Resolution order: ``DEFAULTS`` (timm train.py's defaults where timm has one) <- the config file
 (``configs/imagenet/<model>.py``, mmengine ``Config`` with ``_base_`` inheritance) <- the flags
 given on the command line <- ``--cfg-options key=value``. Every key is a timm train.py flag name
-with ``-`` turned into ``_``, so a timm command line pastes over.
+with ``-`` turned into ``_``, so a timm command line pastes over; a recipe may add the keys of
+``RECIPE_KEYS``, which have no flag.
 """
 import argparse
 import os
 
 from mmengine.config import Config, DictAction
 
-__all__ = ["DEFAULTS", "build_parser", "resolve_config", "scaled_lr", "DEFAULT_CONFIG"]
+__all__ = ["DEFAULTS", "RECIPE_KEYS", "build_parser", "resolve_config", "scaled_lr",
+           "DEFAULT_CONFIG"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The README's first command: no config, no --data-dir -> this recipe on the embedded digits.
@@ -45,6 +47,15 @@ DEFAULTS = dict(
     checkpoint_hist=3, resume=None, log_wandb=False, wandb_project="backbone-zoo",
     log_interval=50, val_interval=1, max_train_steps=None, stop_after_epochs=None,
 )
+
+# keys a recipe may set beyond DEFAULTS (absent unless set, so other recipes resolve as before)
+RECIPE_KEYS = {
+    "recipe": "what the recipe reproduces (text)",
+    "loss": "a registered loss name, or dict(type=name, **kwargs) (backbones.training.losses); "
+            "default: the one the flags pick",
+    "teacher": "the frozen teacher of a distillation loss: dict(model=name, checkpoint=file or "
+               "pretrained=True, model_kwargs={...})",
+}
 
 # flags that take a value, as timm spells them (argparse type, help)
 _VALUE_FLAGS = {
@@ -155,7 +166,7 @@ def resolve_config(args):
         cfg.model_kwargs = dict(cfg.model_kwargs, **args.model_kwargs)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    unknown = sorted(set(cfg.to_dict()) - set(DEFAULTS) - {"config_file", "recipe"})
+    unknown = sorted(set(cfg.to_dict()) - set(DEFAULTS) - set(RECIPE_KEYS) - {"config_file"})
     if unknown:
         raise KeyError(f"unknown config keys {unknown}; the keys are timm's flag names "
                        f"(see backbones.training.config.DEFAULTS)")

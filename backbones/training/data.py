@@ -1,6 +1,8 @@
-"""Data for training and validation: image folders through timm, the embedded digits set, clear
-errors for missing or empty folders, and corrupt images skipped (named and counted) instead of
-killing a multi-day run."""
+"""The data pipeline of training and validation: image folders through timm, the embedded digits
+set, the model's transforms, and the loaders, whose random draws are a function of (seed, epoch,
+rank, position) so that a resumed run sees exactly the unbroken run's batches. Missing or empty
+folders are clear errors; corrupt images are skipped (named and counted) instead of killing a
+multi-day run."""
 import logging
 import multiprocessing
 import os
@@ -9,7 +11,7 @@ import random
 import numpy as np
 import torch
 from PIL import Image
-from timm.data import ImageDataset, create_dataset
+from timm.data import ImageDataset, create_dataset, create_transform, resolve_data_config
 
 _logger = logging.getLogger("backbones.training")
 
@@ -186,6 +188,9 @@ class SeededSampler(torch.utils.data.Sampler):
     def __init__(self, sampler, seed, rank=0):
         self.sampler, self.seed, self.rank, self.epoch = sampler, int(seed), int(rank), 0
 
+    def __deepcopy__(self, memo):
+        return self  # mmengine deep-copies loader configs; an InfiniteSampler holds a generator
+
     def set_epoch(self, epoch):
         self.epoch = int(epoch)
         if hasattr(self.sampler, "set_epoch"):
@@ -236,3 +241,65 @@ class SeededDataset(torch.utils.data.Dataset):
                 random.setstate(saved[0])
                 np.random.set_state(saved[1])
                 torch.random.set_rng_state(saved[2])
+
+
+# ----------------------------------------------------------------------------------------------
+# Transforms and loaders
+# ----------------------------------------------------------------------------------------------
+
+def build_datasets(cfg, net, skip_counter):
+    """(train set, val set) of a classification run, with the model's preprocessing (each part
+    overridable by its flag) and timm's training augmentation."""
+    data_cfg = resolve_data_config(
+        args=dict(input_size=(3, cfg.img_size, cfg.img_size) if cfg.img_size else None,
+                  crop_pct=cfg.crop_pct, interpolation=cfg.interpolation, mean=cfg.mean,
+                  std=cfg.std),
+        model=net)
+    train_tf = create_transform(
+        data_cfg["input_size"], is_training=True, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio),
+        hflip=cfg.hflip, color_jitter=cfg.color_jitter, auto_augment=cfg.aa,
+        interpolation=cfg.train_interpolation, mean=data_cfg["mean"], std=data_cfg["std"],
+        re_prob=cfg.reprob, re_mode=cfg.remode, re_count=cfg.recount)
+    val_tf = create_transform(
+        data_cfg["input_size"], is_training=False, interpolation=data_cfg["interpolation"],
+        mean=data_cfg["mean"], std=data_cfg["std"], crop_pct=data_cfg["crop_pct"],
+        crop_mode=data_cfg.get("crop_mode"))
+    if cfg.data_dir is None:
+        return (DigitsDataset("train", cfg.digits_img_size, train_tf),
+                DigitsDataset("val", cfg.digits_img_size, val_tf))
+    train = create_image_dataset(cfg.dataset, cfg.data_dir, cfg.train_split, train_tf,
+                                 skip_counter, is_training=True, seed=cfg.seed)
+    val = create_image_dataset(cfg.dataset, cfg.data_dir, cfg.val_split, val_tf, skip_counter)
+    return train, val
+
+
+def train_sampler(dataset, seed, world_size, rank, aug_repeats=0):
+    """This rank's shuffled share of ``dataset`` (timm's repeated-augmentation sampler with
+    ``aug_repeats``), reshuffled each epoch from ``seed``."""
+    if aug_repeats:
+        from timm.data.distributed_sampler import RepeatAugSampler
+        return RepeatAugSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                num_repeats=aug_repeats)
+    from mmengine.dataset import DefaultSampler
+    return DefaultSampler(dataset, shuffle=True, seed=seed)
+
+
+def train_loader(dataset, sampler, *, seed, rank, workers, **loader_kwargs):
+    """mmengine's config of a training loader whose draws resume exactly: each sample's
+    augmentation is seeded from (seed, epoch, rank, position) whatever the workers' lifetime,
+    with the same draws for any number of workers."""
+    if not isinstance(dataset, torch.utils.data.IterableDataset):
+        sampler, dataset = SeededSampler(sampler, seed, rank), SeededDataset(dataset)
+    # the loader draws its worker base seed from this generator, not the global one: with
+    # persistent workers it draws only in a process's first epoch, which would shift the
+    # training process's draws in a resumed run's first epoch against the unbroken run's
+    return dict(dataset=dataset, sampler=sampler, num_workers=workers,
+                persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed),
+                **loader_kwargs)
+
+
+def eval_loader(dataset, *, workers, **loader_kwargs):
+    """mmengine's config of a validation loader: every sample once, in order."""
+    return dict(dataset=dataset, sampler=dict(type="DefaultSampler", shuffle=False),
+                drop_last=False, num_workers=workers, persistent_workers=workers > 0,
+                **loader_kwargs)
