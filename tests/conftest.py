@@ -15,7 +15,10 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 # The suite picks backends explicitly; an inherited process-wide choice must not leak into it.
 os.environ.pop("BACKBONES_OPS_BACKEND", None)
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Under pytest-xdist (the README's `-n auto`) the cores are shared by the workers: more threads
+# than cores makes every worker spin.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 
 def _skip_repeated_interpreter_patching():
