@@ -212,6 +212,7 @@ def test_augmentation_draws_do_not_depend_on_the_loader_workers(tmp_path):
     from persistent workers that already served epoch 1 equals a fresh loader's in the
     training process, and loading it leaves the training process's RNG streams untouched."""
     from backbones.training.classification import build_runner
+    from backbones.training.data import release_loader_workers
 
     def loader(workers):
         cfg = _cfg(RECIPE_SHAPE + ["--workers", workers, "--output", tmp_path / str(workers)])
@@ -233,6 +234,7 @@ def test_augmentation_draws_do_not_depend_on_the_loader_workers(tmp_path):
     assert torch.equal(torch.random.get_rng_state(), before)
     assert torch.equal(epoch2[0], fresh[0]) and torch.equal(epoch2[1], fresh[1])
     assert not torch.equal(epoch1[0], epoch2[0])
+    release_loader_workers(persistent)
 
 
 def _torchrun(args, timeout=300):

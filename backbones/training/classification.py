@@ -279,4 +279,5 @@ def train(cfg):
     """Build the run and train; returns the runner (its ``zoo`` dict has the run's facts)."""
     runner = build_runner(cfg)
     runner.train()
+    data.release_loader_workers(runner.train_dataloader, runner.val_dataloader)
     return runner

@@ -303,3 +303,12 @@ def eval_loader(dataset, *, workers, **loader_kwargs):
     return dict(dataset=dataset, sampler=dict(type="DefaultSampler", shuffle=False),
                 drop_last=False, num_workers=workers, persistent_workers=workers > 0,
                 **loader_kwargs)
+
+
+def release_loader_workers(*loaders):
+    """End the persistent workers of finished loaders now. Left to garbage collection, they live
+    on after the run (a second run in the same process waits on them at exit, ~90 s here)."""
+    for loader in loaders:
+        if getattr(loader, "_iterator", None) is not None:
+            loader._iterator._shutdown_workers()
+            loader._iterator = None
