@@ -13,6 +13,7 @@ why; CPU calls run the reference silently (on the CPU the kernels run only in Tr
 interpreter, ``TRITON_INTERPRET=1``, when a test or a benchmark asks for them by name).
 """
 import contextlib
+import functools
 import importlib.util
 import os
 import threading
@@ -59,6 +60,7 @@ def interpreter_enabled():
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
+@functools.cache  # asked on every GPU call; whether triton is installed does not change
 def triton_available():
     return importlib.util.find_spec("triton") is not None
 
