@@ -60,6 +60,9 @@ class Family:
             deprecates TorchScript; ``torch.export`` is the supported path).
         fx: None when ``torch.fx`` tracing (timm's ``feature_cls='fx'``) works, else why not.
         export: None when ``torch.export`` works, else why not.
+        no_grad_params: ``fnmatch`` patterns of parameters that get no gradient from the
+            classification loss by design (timm's backward checks expect every parameter to);
+            ``no_grad_reason`` says why.
     """
     name: str
     model_cls: type
@@ -77,6 +80,8 @@ class Family:
     torchscript: Optional[str] = None
     fx: Optional[str] = None
     export: Optional[str] = None
+    no_grad_params: Tuple[str, ...] = ()
+    no_grad_reason: Optional[str] = None
     module: str = ""
 
     def __post_init__(self):
@@ -96,6 +101,9 @@ class Family:
                      "dense_backbone_kwargs", "timm_equivalents"):
             object.__setattr__(self, attr, _frozen(getattr(self, attr)))
         object.__setattr__(self, "official_classes", tuple(self.official_classes))
+        object.__setattr__(self, "no_grad_params", tuple(self.no_grad_params))
+        if bool(self.no_grad_params) != bool(self.no_grad_reason):
+            raise ValueError(f"family {self.name!r}: no_grad_params and no_grad_reason go together")
 
 
 _FAMILIES = {}  # name -> Family

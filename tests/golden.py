@@ -46,10 +46,22 @@ def load_fixture(root, fixture):
     return config, state_dict, io
 
 
+def wrapper_key(config):
+    """The key official checkpoints wrap the state_dict in: ``checkpoint_wrapper_key`` is the key
+    itself (``model``) or a sentence that starts with it (``'model' (and 'model_ema') in ...``,
+    ``state_dict (official imagenet.py saves ...)``); ``none: ...`` or no entry: a bare state_dict."""
+    import re
+    text = (config.get("checkpoint_wrapper_key") or "").strip()
+    match = re.match(r"'?([A-Za-z_][A-Za-z0-9_]*)'?", text)
+    if not match or match[1].lower() == "none":
+        return None
+    return match[1]
+
+
 def build_from_fixture(family, config, state_dict):
     """The zoo model of a fixture, official weights loaded strictly (``family``: the record)."""
     model = family.create_from_official(config["kwargs"], config.get("official_class"))
-    wrapper = config.get("checkpoint_wrapper_key")
+    wrapper = wrapper_key(config)
     checkpoint = {wrapper: state_dict} if wrapper else state_dict
     model.load_state_dict(family.checkpoint_filter_fn(checkpoint, model), strict=True)
     return model.eval()
@@ -71,6 +83,8 @@ def model_outputs(model, inputs, expected_names):
             outputs[head[0]] = model.forward_head(final)
     elif head:
         outputs[head[0]] = model(x)
+    for name in head[1:]:  # a fixture may store the logits under both names
+        outputs[name] = outputs[head[0]]
     for name, extra in inputs.items():
         prefix = name[:-len("_input")]
         if name != "input" and any(n.startswith(prefix + "_features.") for n in expected_names):
