@@ -60,6 +60,9 @@ class Family:
             deprecates TorchScript; ``torch.export`` is the supported path).
         fx: None when ``torch.fx`` tracing (timm's ``feature_cls='fx'``) works, else why not.
         export: None when ``torch.export`` works, else why not.
+        mac_breakdown: ``(model, gmacs) -> {column: GMACs}``: extra per-image columns for
+            ``tools/benchmark.py`` (``gmacs``: fvcore's count of the whole model), e.g. the
+            attention MACs a sparse model saves, which a shape-based count cannot see.
         no_grad_params: ``fnmatch`` patterns of parameters that get no gradient from the
             classification loss by design (timm's backward checks expect every parameter to);
             ``no_grad_reason`` says why.
@@ -80,6 +83,7 @@ class Family:
     torchscript: Optional[str] = None
     fx: Optional[str] = None
     export: Optional[str] = None
+    mac_breakdown: Optional[Callable] = None
     no_grad_params: Tuple[str, ...] = ()
     no_grad_reason: Optional[str] = None
     module: str = ""

@@ -121,9 +121,11 @@ def resolve_checkpoint_file(model_name, pretrained_cfg, cache_dir=None, progress
         hub = pretrained_cfg.get("hf_hub_id")
         if hub:
             return None  # hub-hosted weights: timm's hub loader handles them
+        notes = " ".join(pretrained_cfg.get("notes") or ())
         raise PretrainedWeightsError(
             f"no pretrained weights are published for {model_name}; use pretrained=False, or load "
-            "a file you trained: pretrained_cfg_overlay=dict(file='/path/to/checkpoint.pth')")
+            "a file you trained: pretrained_cfg_overlay=dict(file='/path/to/checkpoint.pth')"
+            + (f". {notes}" if notes else ""))
 
     cached_file = cache_path_for(url, cache_dir)
     if os.path.exists(cached_file):

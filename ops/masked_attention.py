@@ -115,9 +115,13 @@ def _check_inputs(q, k, v, mask):
 
 def masked_attention_reference(q, k, v, mask, scale):
     """The definition: SDPA with a bool mask; fully-masked rows are let attend every key (so the
-    softmax stays finite) and then zeroed, which also zeroes their gradients."""
+    softmax stays finite) and then zeroed, which also zeroes their gradients. PyTorch's CPU SDPA
+    already gives such rows an output and gradients of 0 (its safe softmax), so on the CPU the
+    mask goes in as it is: three passes over the (Lq, Lk) mask fewer per call."""
     if mask.dtype == torch.uint8:
         mask = unpack_mask(mask, k.shape[2])
+    if q.device.type == "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     has_key = mask.any(-1, keepdim=True)                       # (B|1, heads|1, Lq, 1)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~has_key, scale=scale)
     return out * has_key.to(out.dtype)

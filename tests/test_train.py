@@ -538,9 +538,19 @@ def test_every_zoo_model_has_a_recipe_that_builds(tmp_path):
     missing = [n for n in names if not (ROOT / "configs" / "imagenet" / f"{n}.py").is_file()]
     assert not missing, f"no recipe for {missing}"
     for name in names:
-        cfg = _cfg([ROOT / "configs" / "imagenet" / f"{name}.py", "--data-dir", data,
-                    "--workers", "0", "--output", tmp_path / "out", "--experiment", name,
-                    "--batch-size", "2", "--num-classes", "2"])
+        argv = [ROOT / "configs" / "imagenet" / f"{name}.py", "--data-dir", data, "--workers", "0",
+                "--output", tmp_path / "out", "--experiment", name, "--batch-size", "2",
+                "--num-classes", "2"]
+        cfg = _cfg(argv)
+        offline = ["--cfg-options", "pretrained=False"]  # no downloads here: random weights
+        if cfg.get("teacher"):
+            teacher = timm.create_model(cfg.teacher["model"], num_classes=2,
+                                        **cfg.teacher.get("model_kwargs", {}))
+            path = tmp_path / f"{name}_teacher.pth"
+            torch.save(teacher.state_dict(), path)
+            offline += [f"teacher.checkpoint={path}", "teacher.pretrained=False"]
+            del teacher
+        cfg = _cfg(argv + offline)
         assert cfg.model == name
         runner = build_runner(cfg)
         # the recipe reached the model, the optimizer and the schedule

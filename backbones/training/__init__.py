@@ -8,6 +8,7 @@ One concern per module:
   resume, the frozen teacher, the command lines' body; the dense engine builds on it too;
 * ``data``: the data pipeline (data sets, transforms, resume-exact samplers and loaders);
 * ``schedule``: every learning-rate schedule;
+* ``phases``: recipes in phases (which parameters train, with which loss and schedule);
 * ``checkpoint``: every checkpoint file read or written, and loading weights into a model;
 * ``losses``: the loss registry recipes name;
 * ``hooks``: EMA, reseeding, progress, exports, job limits;

@@ -13,6 +13,7 @@ from .fsdp import ShardedCheckpointHook, register_sharded_wrapper, shard_model
 from .hooks import (ExportHook, MaxStepsHook, ModelEmaHook, ProgressHook, ReseedHook,
                     StopAfterEpochsHook)
 from .losses import build_loss, recipe_loss
+from .phases import PhaseHook, parse_phases
 from .schedule import TimmSchedulerHook, create_timm_scheduler
 
 __all__ = ["ImagePreprocessor", "TopKAccuracy", "ZooClassifier", "build_runner", "create_net",
@@ -59,13 +60,18 @@ class ZooClassifier(BaseModel):
             targets = labels
             if self.mixup_fn is not None:
                 inputs, targets = self.mixup_fn(inputs, labels)
-            outputs = self._forward_net(inputs)
+            loss_fn = self.train_loss
+            forward_student = getattr(loss_fn, "forward_student", None)
+            outputs = forward_student(self.net, inputs) if forward_student \
+                else self._forward_net(inputs)
             if self.teacher is None:
-                loss = self.train_loss(outputs, targets)
+                loss = loss_fn(outputs, targets)
             else:
+                forward_teacher = getattr(loss_fn, "forward_teacher", None)
                 with torch.no_grad():
-                    teacher_outputs = self.teacher(inputs)
-                loss = self.train_loss(outputs, targets, teacher_outputs)
+                    teacher_outputs = forward_teacher(self.teacher, inputs) if forward_teacher \
+                        else self.teacher(inputs)
+                loss = loss_fn(outputs, targets, teacher_outputs)
             return loss if isinstance(loss, dict) else dict(loss=loss)
         logits = self._forward_net(inputs)
         if mode == "predict":
@@ -179,16 +185,20 @@ def create_optimizer(net, cfg, lr):
                                momentum=cfg.momentum, **extra)
 
 
-def _build_loss_and_teacher(cfg, mixup_active, num_classes, device):
-    spec, teacher = recipe_loss(cfg, mixup_active), cfg.get("teacher")
-    loss = build_loss(spec)
-    needs_teacher = getattr(loss, "needs_teacher", False)
-    if needs_teacher and not teacher:
-        raise ValueError(f"loss {spec!r} compares the student with a teacher: add teacher = "
+def _build_losses_and_teacher(cfg, phases, mixup_active, num_classes, device):
+    """({phase name or None: loss module}, teacher or None)."""
+    specs = {p.name: p.loss_spec for p in phases} if phases else \
+        {None: recipe_loss(cfg, mixup_active)}
+    teacher = cfg.get("teacher")
+    losses = {name: build_loss(spec) for name, spec in specs.items()}
+    needing = [specs[n] for n, loss in losses.items() if getattr(loss, "needs_teacher", False)]
+    if needing and not teacher:
+        raise ValueError(f"loss {needing[0]!r} compares the student with a teacher: add teacher = "
                          "dict(model=..., checkpoint=...) to the recipe")
-    if teacher and not needs_teacher:
-        raise ValueError(f"the recipe names a teacher, but its loss {spec!r} uses none")
-    return loss, runtime.build_teacher(teacher, num_classes, device) if teacher else None
+    if teacher and not needing:
+        raise ValueError(f"the recipe names a teacher, but its loss "
+                         f"{', '.join(repr(s) for s in specs.values())} uses none")
+    return losses, runtime.build_teacher(teacher, num_classes, device) if teacher else None
 
 
 def build_runner(cfg):
@@ -211,15 +221,18 @@ def build_runner(cfg):
         mixup_fn = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
                          switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode,
                          label_smoothing=cfg.smoothing, num_classes=net.num_classes)
-    loss, teacher = _build_loss_and_teacher(cfg, mixup_fn is not None, net.num_classes, device)
-    model = ZooClassifier(net, loss, mixup_fn, teacher, cfg.channels_last, cfg.torchcompile)
+    phases = parse_phases(cfg)
+    losses, teacher = _build_losses_and_teacher(cfg, phases, mixup_fn is not None,
+                                                net.num_classes, device)
+    model = ZooClassifier(net, next(iter(losses.values())), mixup_fn, teacher, cfg.channels_last,
+                          cfg.torchcompile)
     if cfg.channels_last:
         net.to(memory_format=torch.channels_last)
     if cfg.fsdp:  # shard before the optimizer is built: it must hold the sharded parameters
         shard_model(net, device)
         register_sharded_wrapper()
 
-    lr = scaled_lr(cfg, world_size)
+    lr = phases[0].lr if phases else scaled_lr(cfg, world_size)
     optimizer = create_optimizer(net, cfg, lr)
     clip = None
     if cfg.clip_grad:
@@ -233,7 +246,7 @@ def build_runner(cfg):
     steps_per_epoch = len(sampler) // cfg.batch_size  # the loader drops the last partial batch
     if cfg.max_train_steps:
         steps_per_epoch = min(steps_per_epoch, cfg.max_train_steps)
-    scheduler, total_epochs = create_timm_scheduler(cfg, optimizer, steps_per_epoch)
+    scheduler, total_epochs = create_timm_scheduler(cfg, optimizer, steps_per_epoch, phases)
     loader_kwargs = dict(workers=cfg.workers, pin_memory=device.type == "cuda",
                          collate_fn=dict(type="default_collate"))
     train_loader = data.train_loader(train_set, sampler, seed=cfg.seed, rank=rank,
@@ -244,6 +257,8 @@ def build_runner(cfg):
     custom_hooks = [TimmSchedulerHook(scheduler, cfg.grad_accum_steps), ReseedHook(cfg.seed),
                     ProgressHook(total_epochs, skip_counter),
                     ExportHook(cfg.model, keep=cfg.checkpoint_hist, model_kwargs=cfg.model_kwargs)]
+    if phases:
+        custom_hooks.append(PhaseHook(phases, losses))
     if cfg.max_train_steps:
         custom_hooks.append(MaxStepsHook(cfg.max_train_steps))
     if cfg.stop_after_epochs:
@@ -263,7 +278,9 @@ def build_runner(cfg):
                                        save_param_scheduler=False),
         custom_hooks=custom_hooks, cudnn_benchmark=device.type == "cuda",
         model_wrapper_cfg=dict(type="ZooShardedWrapper") if cfg.fsdp
-        else runtime.ddp_wrapper_cfg(device))
+        # a phase's frozen parameters get no gradient: DDP must not wait for them
+        else runtime.ddp_wrapper_cfg(device, **(dict(find_unused_parameters=True) if phases
+                                               else {})))
     runner.zoo = dict(lr=lr, steps_per_epoch=steps_per_epoch, total_epochs=total_epochs,
                       skip_counter=skip_counter, device=device, world_size=world_size)
     runner.logger.info(

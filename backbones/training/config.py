@@ -55,6 +55,8 @@ RECIPE_KEYS = {
             "default: the one the flags pick",
     "teacher": "the frozen teacher of a distillation loss: dict(model=name, checkpoint=file or "
                "pretrained=True, model_kwargs={...})",
+    "phases": "a recipe in phases, each with its trained parameters, loss and lr schedule "
+              "(backbones.training.phases)",
 }
 
 # flags that take a value, as timm spells them (argparse type, help)

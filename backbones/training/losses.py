@@ -7,6 +7,11 @@ student's outputs and the (mixed) targets or, when its class sets ``needs_teache
 ``loss(outputs, targets, teacher_outputs)`` with the outputs of the recipe's frozen ``teacher`` on
 the same inputs. It returns the loss, or a dict of named terms (``loss_*``) that mmengine sums and
 logs one by one. New losses register with ``@register_loss("name")`` on a class or factory.
+
+A loss that needs more of the networks than their logits (attention maps, tokens) says how to get
+it: ``forward_student(net, inputs)`` and ``forward_teacher(teacher, inputs)`` methods, when
+present, replace ``net(inputs)`` / ``teacher(inputs)`` (the teacher's under ``no_grad``); their
+results are what ``outputs`` and ``teacher_outputs`` are (``sparsifiner_losses``).
 """
 import torch.nn as nn
 import torch.nn.functional as F
@@ -94,3 +99,6 @@ class DistillationLoss(nn.Module):
             distill = F.cross_entropy(distill_logits, teacher_outputs.argmax(dim=1))
         return dict(loss_base=(1 - self.alpha) * self.base(logits, targets),
                     loss_distill=self.alpha * distill)
+
+
+from . import sparsifiner_losses  # noqa: E402,F401  (registers the Sparsifiner recipe's losses)

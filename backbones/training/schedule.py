@@ -13,11 +13,16 @@ __all__ = ["TimmSchedulerHook", "create_timm_scheduler", "detection_schedule",
            "segmentation_schedule"]
 
 
-def create_timm_scheduler(cfg, optimizer, steps_per_epoch):
+def create_timm_scheduler(cfg, optimizer, steps_per_epoch, phases=None):
     """(timm scheduler, total epochs including the cool-down) for a classification run of
-    ``steps_per_epoch`` batches per epoch (``grad_accum_steps`` batches per optimizer update)."""
+    ``steps_per_epoch`` batches per epoch (``grad_accum_steps`` batches per optimizer update); a
+    phased recipe (``backbones.training.phases``) gets one scheduler per phase."""
     from timm.scheduler import create_scheduler_v2
     updates_per_epoch = max(1, steps_per_epoch // cfg.grad_accum_steps)
+    if phases:
+        from .phases import PhasedScheduler
+        return (PhasedScheduler(phases, optimizer, updates_per_epoch, not cfg.sched_on_updates),
+                sum(p.epochs for p in phases))
     return create_scheduler_v2(
         optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
         warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, cooldown_epochs=cfg.cooldown_epochs,
