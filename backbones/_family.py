@@ -48,6 +48,9 @@ class Family:
             ``path/in/repo.py:Class``; each needs at least one golden fixture.
         official_entrypoints: zoo model -> ``path.py:function`` in the official repository
             building the same model (``tools/benchmark.py --official``).
+        official_builder: ``(module, entry, zoo_name) -> model`` for official code whose
+            entrypoint is not ``entry(pretrained=False)`` returning logits (a class needing the
+            arguments its training script passes, a forward returning a dict); default None.
         param_counts: zoo model -> its exact parameter count in the official implementation.
         tag_param_counts: ``model.tag`` -> exact count, for tags whose architecture differs.
         paper_results: zoo model -> :class:`PaperResult`.
@@ -75,6 +78,7 @@ class Family:
     official_classes: Tuple[str, ...]
     param_counts: Mapping[str, int]
     official_entrypoints: Mapping[str, str] = field(default_factory=dict)
+    official_builder: Optional[Callable] = None
     tag_param_counts: Mapping[str, int] = field(default_factory=dict)
     paper_results: Mapping[str, PaperResult] = field(default_factory=dict)
     dense_backbone_kwargs: Mapping[str, Mapping] = field(default_factory=dict)

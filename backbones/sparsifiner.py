@@ -109,6 +109,12 @@ class SparsifinerTrace:
         return torch.stack([1.0 - m.float().mean() for m in masks]).mean()
 
 
+def _true_like(index):
+    """An all-True bool source shaped like ``index`` (no copy), for ``scatter_``: the scalar
+    ``True`` form has no TorchScript schema, so torch.jit's tracer (fvcore) cannot count it."""
+    return torch.ones((), dtype=torch.bool, device=index.device).expand(index.shape)
+
+
 @notrace_module  # one FX node: it builds its mask in place (FX cannot trace item assignment)
 class ConnectivityPredictor(nn.Module):
     """The official ``MaskPredictor`` (same parameters and keys): from one block's per-head q, k
@@ -216,9 +222,11 @@ class ConnectivityPredictor(nn.Module):
             # Scores are >= 0 (non-negative coefficients times a non-negative basis) or -inf
             # (pruned keys); such floats order exactly as their int32 bit patterns, and the
             # integer top-k is ~10 % faster on the CPU. Same keys, ties aside.
-            bits = score.view(torch.int32) if score.dtype == torch.float32 else score
+            # (torch.jit's tracer, which fvcore counts with, has no dtype view)
+            bits = score.view(torch.int32) if score.dtype == torch.float32 \
+                and not torch.jit.is_tracing() else score
             index = bits.topk(self.budget(kept_patch_tokens), dim=-1, sorted=False).indices
-            mask[:, :, 1:].scatter_(-1, index, True)
+            mask[:, :, 1:].scatter_(-1, index, _true_like(index))
         else:
             mask[:, :, 1:] = score > self.score_threshold
         if keep is not None and self.prune_query_rows:
@@ -287,7 +295,7 @@ class SparseAttention(nn.Module):
         if keep is not None:
             score = score.masked_fill(~keep[:, 1:], float("-inf"))
         index = score.topk(self.token_budget, dim=-1, sorted=False).indices
-        kept = torch.zeros_like(score, dtype=torch.bool).scatter_(-1, index, True)
+        kept = torch.zeros_like(score, dtype=torch.bool).scatter_(-1, index, _true_like(index))
         return torch.cat([torch.ones_like(kept[:, :1]), kept], dim=1)
 
 
@@ -903,6 +911,49 @@ default_cfgs = generate_default_cfgs({
         **_LVVIT_CFG),
 })
 
+# What src/main.py passes (the default experiment: 25 % keys, no token pruning) and the default
+# yaml config's fields the forward reads, for timing the authors' model beside ours.
+_OFFICIAL_MAIN_KWARGS = {
+    "sparsifiner_deit_small_224": dict(
+        patch_size=16, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4, qkv_bias=True,
+        distill=True, attn_keep_rate_list=[0.25] * 12, token_keep_rate_list=[1.0] * 12,
+        token_pruning_loc_indicator=[False] * 12, reduce_n_factor=6, reduce_c_factor=2,
+        share_inout_proj=False),
+    "sparsifiner_lvvit_small_224": dict(
+        patch_size=16, embed_dim=384, depth=16, num_heads=6, mlp_ratio=3, p_emb="4_2",
+        skip_lam=2.0, return_dense=True, mix_token=True, distill=True,
+        attn_keep_rate_list=[0.25] * 16, reduce_n_factor=6, reduce_c_factor=2,
+        share_inout_proj=False),
+}
+_OFFICIAL_DEFAULT_CFG = {
+    "SPAR": {"BASIS_THRESHOLD": 0.02, "BASIS_COEF": {"USE_TOPK": True, "TOPK": 8, "THRESHOLD": 0.05},
+             "ATTN_SCORE": {"USE_TOPK": True, "THRESHOLD": 1e-4}, "PRUNE_ATTN_MATRIX_ROW": False,
+             "OUT_BASIS_SPARSITY": True, "OUT_BASIS_COEF_SPARSITY": True,
+             "OUT_ATTN_MASK_SPARSITY": True},
+    "LOSS": {"USE_ATTN_RECON": False},
+}
+
+
+def build_official(module, entry, name):
+    """The authors' model of zoo model ``name``, as their ``src/main.py`` builds it (a yacs-like
+    config object, the hard-coded kwargs), with its forward returning the logits instead of its
+    output dict (timing and output comparisons only)."""
+    from types import SimpleNamespace
+
+    def namespace(d):
+        return SimpleNamespace(**{k: namespace(v) if isinstance(v, dict) else v
+                                  for k, v in d.items()})
+
+    if name not in _OFFICIAL_MAIN_KWARGS:
+        raise ValueError(f"the official code builds no {name} (src/main.py hard-codes "
+                         f"{sorted(_OFFICIAL_MAIN_KWARGS)})")
+    model = getattr(module, entry)(cfg=namespace(_OFFICIAL_DEFAULT_CFG),
+                                   **_OFFICIAL_MAIN_KWARGS[name])
+    forward = model.forward
+    model.forward = lambda x: forward(x)["x"]
+    return model
+
+
 _PARAMS = {
     "sparsifiner_deit_small_224": 22_251_880,
     "sparsifiner_deit_base_224": 86_768_872,
@@ -920,6 +971,7 @@ FAMILY = register_family(Family(
     param_counts=_PARAMS,
     tag_param_counts={f"{name}.dense_init_in1k": n for name, n in _PARAMS.items()},
     # the official entrypoints are main.py's hard-coded constructions (DeiT-S, LV-ViT-S only)
+    official_builder=build_official,
     official_entrypoints={
         "sparsifiner_deit_small_224": "src/models/sparsifiner.py:Sparsifiner",
         "sparsifiner_lvvit_small_224": "src/models/sparsifiner_lvvit.py:SparsifinerLVViT",
@@ -949,8 +1001,15 @@ def _create(variant, pretrained=False, **kwargs):
             f"no trained {variant} weights exist. {_NO_RELEASE} Name it to load it: "
             f"timm.create_model('{variant}.dense_init_in1k', pretrained=True)")
     depth = kwargs.get("depth", 12)
-    return build_zoo_model(Sparsifiner, variant, pretrained, num_stages=depth,
-                           pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+    model = build_zoo_model(Sparsifiner, variant, pretrained, num_stages=depth,
+                            pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+    # the only size the model takes: the data config (resolve_data_config) must say so
+    target = getattr(model, "model", model)  # features_only wraps the model
+    if hasattr(target, "img_size") and hasattr(model, "pretrained_cfg"):
+        size = (target.in_chans, *target.img_size)
+        if tuple(model.pretrained_cfg.get("input_size", ())) != size:
+            model.pretrained_cfg = model.default_cfg = dict(model.pretrained_cfg, input_size=size)
+    return model
 
 
 _LVVIT = dict(stem="conv4_2", norm_eps=1e-5, skip_lam=2.0, aux_head=True, qkv_bias=False,

@@ -269,3 +269,30 @@ def test_two_phase_recipe_trains_each_part_in_its_phase_and_resumes_across_the_b
         assert torch.equal(a[k], b[k]), k
     for k, v in final.items():
         assert torch.equal(v, resumed.model.net.state_dict()[k]), k
+
+
+def test_mask_picture_tool_draws_each_block_and_head_for_the_query(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+    from backbones.cli import sparsifiner_masks
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    tiny = [f"{k}={v}" for k, v in TINY.items()]
+    model = _tiny()
+    _save(model.state_dict(), tmp_path / "w.pth")
+    pictures = []
+    for query in ("4,4", "60,60"):
+        out = tmp_path / f"{query}.png"
+        assert sparsifiner_masks.main(["sparsifiner_deit_small_224", str(tmp_path / "in.png"),
+                                       "--query", query, "--checkpoint", str(tmp_path / "w.pth"),
+                                       "--model-kwargs", *tiny, "--output", str(out)]) == 0
+        pictures.append(np.asarray(Image.open(out)))
+    tile = sparsifiner_masks.TILE
+    assert pictures[0].shape == (24 + 2 * (tile + 16), (2 + 2) * tile, 3)  # 2 blocks, 2 heads
+    assert (pictures[0] != pictures[1]).any()
+    assert "weights: " + str(tmp_path / "w.pth") in capsys.readouterr().out
+    assert sparsifiner_masks.main(["sparsifiner_deit_small_224", str(tmp_path / "in.png"),
+                                   "--query", "64,1", "--model-kwargs", *tiny]) == 2
+    assert "lies outside the 64x64 input" in capsys.readouterr().err
+    assert sparsifiner_masks.main(["cswin_tiny_224", str(tmp_path / "in.png")]) == 2
+    assert "is not a Sparsifiner model" in capsys.readouterr().err

@@ -287,3 +287,17 @@ def test_convert_missing_and_truncated_files(convert_tool, cswin_fixture, tmp_pa
     with pytest.raises(SystemExit) as exc:
         convert_tool.main([str(cut)] + args)
     assert "truncated" in str(exc.value.code)
+
+
+def test_benchmark_paired_versus_a_dense_model_shares_the_backbone(bench_tool, capsys):
+    """``--versus``: a zoo model beside any other model, e.g. the dense ViT a sparse one starts
+    from; ours takes the other's weights where they fit (here the whole DeiT backbone)."""
+    rows = bench_tool.run(["--models", "sparsifiner_deit_small_224", "--paired", "--versus",
+                           "deit_small_patch16_224", "--batch-sizes", "1", "--iters", "2",
+                           "--warmup", "1"])
+    (row,) = rows
+    assert (row["model"], row["twin"], row["pairs"]) == ("sparsifiner_deit_small_224",
+                                                         "deit_small_patch16_224", 2)
+    assert row["ours_ms"] > 0 and row["twin_ms"] > 0
+    assert "| sparsifiner_deit_small_224 | deit_small_patch16_224 | 224x224 | 1 |" in \
+        capsys.readouterr().out

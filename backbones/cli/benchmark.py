@@ -23,7 +23,8 @@ subprocess. That worker first loads the official model's random weights into our
 family's ``checkpoint_filter_fn`` and reports the largest output difference, so both rows time the
 same function.
 
-``--paired``: latency of each zoo model and its timm twin (the family record's ``timm_equivalents``) in one process,
+``--paired``: latency of each zoo model and its timm twin (the family record's ``timm_equivalents``),
+its official model (with ``--official``) or any ``--versus`` model, pair by pair in one process,
 on the same weights and batch, one call of each in turn (who goes first alternates). Both see the
 same moments of a shared machine's load, so the median of the per-pair ratios is the robust
 comparison where ``--compare``'s medians (separate windows of time) scatter. No memory column.
@@ -102,6 +103,10 @@ def parse_args(argv=None):
     p.add_argument("--paired", action="store_true",
                    help="time each zoo model and its timm twin call by call in turn in one "
                         "process (latency only); report the median of the per-pair time ratios")
+    p.add_argument("--versus", nargs="+", metavar="NAME",
+                   help="with --paired: also pair each zoo model with these timm / zoo models "
+                        "(e.g. the dense model a sparse one starts from), sharing the weights "
+                        "both have")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one model, JSON settings
     return p.parse_args(argv)
 
@@ -209,9 +214,14 @@ def import_official(repo, module_path):
 
 
 def build_official(name, repo):
-    """The authors' model of zoo model ``name`` (random weights, eval mode)."""
-    path, fn_name = backbones.get_family(name).official_entrypoints[name.split(".")[0]].split(":")
-    return getattr(import_official(repo, path), fn_name)(pretrained=False).eval()
+    """The authors' model of zoo model ``name`` (random weights, eval mode), through the family
+    record's ``official_builder`` where their entrypoint needs more than ``pretrained=False``."""
+    family = backbones.get_family(name)
+    path, fn_name = family.official_entrypoints[name.split(".")[0]].split(":")
+    module = import_official(repo, path)
+    if family.official_builder is not None:
+        return family.official_builder(module, fn_name, name.split(".")[0]).eval()
+    return getattr(module, fn_name)(pretrained=False).eval()
 
 
 def official_difference(name, official):
@@ -354,14 +364,19 @@ def time_case(model, batch, input_size, settings, rss_baseline):
                 iters=len(times), times_ms=[round(t * 1e3, 3) for t in times])
 
 
-def paired_latency(name, twin, settings):
+def paired_latency(name, twin, settings, build_twin=None):
     """Yield per batch size the zoo model's and its twin's median ms over ``iters`` pairs of calls
-    (one each, in alternating order) and the median of the per-pair ratios twin / ours."""
+    (one each, in alternating order) and the median of the per-pair ratios twin / ours. Ours takes
+    the twin's weights through the family's ``checkpoint_filter_fn`` (all of them for a timm or
+    official twin; the shared backbone for a ``--versus`` model)."""
     torch.set_num_threads(settings["threads"])
-    reference = timm.create_model(twin)
+    reference = build_twin(twin) if build_twin else timm.create_model(twin)
+    reference.eval()
     ours = timm.create_model(name)
     filter_fn = (zoo_family(name).checkpoint_filter_fn if is_zoo_model(name) else None)
-    ours.load_state_dict(filter_fn(reference.state_dict(), ours))  # same numbers in both
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a dense backbone's "predictor kept" note
+        ours.load_state_dict(filter_fn(reference.state_dict(), ours))  # same numbers in both
     in_chans, height, width = ours.pretrained_cfg["input_size"]
     if settings["img_size"]:
         height = width = settings["img_size"]
@@ -395,27 +410,38 @@ def paired_latency(name, twin, settings):
 
 
 def paired_main(args, settings, names):
+    """Each zoo model beside its timm twin, its official model (``--official``) and every
+    ``--versus`` model, one pair at a time."""
     pairs, notes = [], []
+    official = dict(c for c in with_official_twins(names, args.official)[0] if c[1]) \
+        if args.official else {}
     for name in names:
         twin = (zoo_family(name).timm_equivalents.get(name) if is_zoo_model(name) else None)
         if twin:
-            pairs.append((name, twin))
-        else:
+            pairs.append((name, twin, None))
+        elif not args.versus and name not in official:
             notes.append(f"--paired: {name} has no timm twin (no timm_equivalents entry in its family record)")
+        if name in official:
+            repo = official[name]
+            entry = zoo_family(name).official_entrypoints[name.split(".")[0]]
+            pairs.append((name, f"official {entry}",
+                          lambda _label, name=name, repo=repo: build_official(name, repo)))
+        pairs += [(name, versus, None) for versus in args.versus or ()]
     if not pairs:
         raise SystemExit(f"{PROG}: error: --paired needs zoo models with a timm twin "
-                         "(timm_equivalents), e.g. halonet26t_256 or shvit_s4_256")
+                         "(timm_equivalents), e.g. halonet26t_256 or shvit_s4_256, or --official "
+                         "/ --versus models to pair them with")
     rows = []
-    for name, twin in tqdm(pairs, desc="paired", unit="model"):
-        rows += list(paired_latency(name, twin, settings))
+    for name, twin, build_twin in tqdm(pairs, desc="paired", unit="pair"):
+        rows += list(paired_latency(name, twin, settings, build_twin))
     machine = report.describe_machine(
         settings["device"], *describe_run(settings, timing=False),
         f"warmup {settings['warmup']}, {settings['iters']} pairs of calls in turn")
     table = report.markdown_table(
-        ["model", "timm twin", "resolution", "batch", "ours ms", "timm ms", "timm / ours"],
+        ["model", "versus", "resolution", "batch", "ours ms", "theirs ms", "theirs / ours"],
         [[r["model"], r["twin"], r["resolution"], r["batch_size"], f"{r['ours_ms']:.1f}",
           f"{r['twin_ms']:.1f}", f"{r['ratio']:.2f}"] for r in rows])
-    notes = ["ms: median over the calls; timm / ours: median of the per-pair ratios (above 1: "
+    notes = ["ms: median over the calls; theirs / ours: median of the per-pair ratios (above 1: "
              "ours faster).", *notes]
     report.publish(report.document(machine, table, report.bullets(notes)), rows, list(rows[0]),
                    args.markdown, args.csv)
@@ -495,6 +521,9 @@ def benchmark_model(name, settings):
         info["error"] = f"GMACs need fvcore (pip install fvcore): {report.error_text(e)}"
     except Exception as e:  # noqa: BLE001
         info["error"] = f"GMAC count failed: {report.error_text(e)}"
+    family = zoo_family(name) if is_zoo_model(name) and not settings.get("official_repo") else None
+    if family is not None and family.mac_breakdown is not None and info["gmacs"] is not None:
+        info["mac_breakdown"] = family.mac_breakdown(model, info["gmacs"])
     del model
     yield info
 
@@ -618,6 +647,10 @@ def report_notes(records, settings):
         if rec.get("official_diff") is not None:
             notes.append(f"{rec['model']} (official code): same weights in both, largest output "
                          f"difference {rec['official_diff']:.1e} (batch 1, float32, reference ops)")
+        if rec.get("mac_breakdown"):
+            parts = ", ".join(f"{k} {v:.4g}" for k, v in rec["mac_breakdown"].items())
+            notes.append(f"{rec['model']}: GMACs by part (per image; the family record's "
+                         f"mac_breakdown): {parts}")
         if rec["uncounted"]:
             notes.append(f"{rec['model']}: GMACs leave out the matmul-like ops "
                          f"{', '.join(rec['uncounted'])}")
