@@ -199,8 +199,9 @@ class ConnectivityPredictor(nn.Module):
         if keep is not None:
             q_c = q_c.masked_fill(~keep[:, None, 1:, None], 0.0)
             k_c = k_c.masked_fill(~keep[:, None, :, None], 0.0)
-        k_low = (k_c.transpose(-1, -2) @ self.proj_n) * self.scale   # (B, heads, c, K)
-        coef = (q_c @ k_low).softmax(dim=-1)                         # (B, heads, N - 1, K)
+        k_low = k_c.transpose(-1, -2) @ self.proj_n                  # (B, heads, c, K)
+        # scaled after the product, as the official code: the top-k boundaries are that close
+        coef = ((q_c @ k_low) * self.scale).softmax(dim=-1)          # (B, heads, N - 1, K)
         if reconstruct:
             return coef @ self.basis(signed=True)
         if self.coef_topk is not None:
@@ -210,22 +211,19 @@ class ConnectivityPredictor(nn.Module):
             coef = coef.masked_fill(coef <= self.coef_threshold, 0.0)
         return coef @ self.basis()
 
-    def connectivity_mask(self, approx_attn, keep=None, kept_patch_tokens=None):
-        """bool ``(B, heads, N, N)``: the keys of every query (row 0, the class token: all)."""
+    def connectivity_mask(self, approx_attn, keep=None, kept_patch_tokens=None, additive=False):
+        """bool ``(B, heads, N, N)``: the keys of every query (row 0, the class token: all); with
+        ``additive``, the same mask as ``0`` / ``-inf`` floats (what SDPA computes with)."""
         score = approx_attn
         if keep is not None:
             score = score.masked_fill(~keep[:, None, None, :], float("-inf"))
         n = score.shape[-1]
+        if additive:
+            return self._additive_mask(score, keep, kept_patch_tokens)
         mask = score.new_zeros((score.shape[0], score.shape[1], n, n), dtype=torch.bool)
         mask[:, :, 0] = True
         if self.connectivity == "topk":
-            # Scores are >= 0 (non-negative coefficients times a non-negative basis) or -inf
-            # (pruned keys); such floats order exactly as their int32 bit patterns, and the
-            # integer top-k is ~10 % faster on the CPU. Same keys, ties aside.
-            # (torch.jit's tracer, which fvcore counts with, has no dtype view)
-            bits = score.view(torch.int32) if score.dtype == torch.float32 \
-                and not torch.jit.is_tracing() else score
-            index = bits.topk(self.budget(kept_patch_tokens), dim=-1, sorted=False).indices
+            index = self._top_keys(score, kept_patch_tokens)
             mask[:, :, 1:].scatter_(-1, index, _true_like(index))
         else:
             mask[:, :, 1:] = score > self.score_threshold
@@ -233,11 +231,37 @@ class ConnectivityPredictor(nn.Module):
             mask[:, :, 1:] &= keep[:, None, 1:, None]
         return mask
 
+    def _top_keys(self, score, kept_patch_tokens):
+        # Scores are >= 0 (non-negative coefficients times a non-negative basis) or -inf
+        # (pruned keys); such floats order exactly as their int32 bit patterns, and the integer
+        # top-k is ~10 % faster on the CPU. Same keys, ties aside. (torch.jit's tracer, which
+        # fvcore counts with, has no dtype view.)
+        bits = score.view(torch.int32) if score.dtype == torch.float32 \
+            and not torch.jit.is_tracing() else score
+        return bits.topk(self.budget(kept_patch_tokens), dim=-1, sorted=False).indices
+
+    def _additive_mask(self, score, keep, kept_patch_tokens):
+        n = score.shape[-1]
+        mask = score.new_full((score.shape[0], score.shape[1], n, n), float("-inf"))
+        mask[:, :, 0] = 0.0
+        if self.connectivity == "topk":
+            index = self._top_keys(score, kept_patch_tokens)
+            mask[:, :, 1:].scatter_(-1, index, score.new_zeros(()).expand(index.shape))
+        else:
+            mask[:, :, 1:].masked_fill_(score > self.score_threshold, 0.0)
+        if keep is not None and self.prune_query_rows:
+            mask[:, :, 1:].masked_fill_(~keep[:, None, 1:, None], float("-inf"))
+        return mask
+
     def forward(self, q, k, keep=None, kept_patch_tokens=None):
-        """(approx_attn, attn_mask) of one block; the mask takes no gradient."""
+        """(approx_attn, attn_mask) of one block; the mask takes no gradient. On the CPU the mask
+        is in the additive float form (``ops.masked_attention``'s reference then skips SDPA's
+        bool -> float pass, ~15 % of the model's time); elsewhere bool, what the fused kernel
+        reads."""
         with torch.no_grad():
             approx = self.approximate(q, k, keep)
-            return approx, self.connectivity_mask(approx, keep, kept_patch_tokens)
+            return approx, self.connectivity_mask(approx, keep, kept_patch_tokens,
+                                                  additive=q.device.type == "cpu")
 
 
 class SparseAttention(nn.Module):
@@ -283,6 +307,8 @@ class SparseAttention(nn.Module):
             new_keep = self._prune(q, k, keep)
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
         if trace is not None:
+            if attn_mask is not None and attn_mask.is_floating_point():
+                attn_mask = attn_mask == 0
             trace.append(LayerTrace(approx, attn_mask,
                                     None if new_keep is None else new_keep[:, 1:], attn))
         return out, new_keep

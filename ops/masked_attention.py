@@ -19,7 +19,11 @@ Mask, broadcast over batch and heads (leading dims ``B or 1`` and ``heads or 1``
 * packed ``uint8`` ``(B|1, heads|1, Lq, ceil(Lk / 8))``: bit ``j % 8`` (least significant first,
   ``numpy.packbits(..., bitorder="little")``) of byte ``j // 8`` is key ``j``; bits past ``Lk``
   are ignored. 8x less memory than ``bool``; :func:`topk_mask` builds it straight from top-k
-  indices (Sparsifiner's ``topk`` + ``scatter``) and :func:`pack_mask` from a bool mask.
+  indices (Sparsifiner's ``topk`` + ``scatter``) and :func:`pack_mask` from a bool mask;
+* additive float ``(B|1, heads|1, Lq, Lk)`` holding only ``0`` (attend) and ``-inf`` (masked):
+  the form PyTorch's SDPA computes with, so the CPU reference takes it without the bool -> float
+  pass SDPA makes for a bool mask (about as fast as no mask at all). Other values are not a mask
+  (the backends would disagree on them); the fused path turns the form into a bool mask.
 
 Fully-masked rows (a query with no key at all) give an **output of exactly 0 and zero gradients**
 (no NaN) on both backends. That is the DeiT file's ``nan_to_num`` forward; its backward would give
@@ -99,12 +103,13 @@ def _check_inputs(q, k, v, mask):
         raise ValueError("mask must be a 4-D tensor (B|1, heads|1, Lq, Lk) (bool) or "
                          "(B|1, heads|1, Lq, ceil(Lk/8)) (packed uint8), got "
                          f"{tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask)}")
-    if mask.dtype == torch.bool:
+    if mask.dtype == torch.bool or mask.is_floating_point():
         last, form = lk, "Lk"
     elif mask.dtype == torch.uint8:
         last, form = (lk + 7) // 8, "ceil(Lk/8)"
     else:
-        raise TypeError(f"mask must be bool (True = attend) or packed uint8, got {mask.dtype}")
+        raise TypeError(f"mask must be bool (True = attend), packed uint8 or additive float "
+                        f"(0 / -inf), got {mask.dtype}")
     if (mask.shape[0] not in (1, B) or mask.shape[1] not in (1, heads) or mask.shape[2] != lq
             or mask.shape[3] != last):
         raise ValueError(f"mask of dtype {mask.dtype} must be (B|1, heads|1, Lq, {form}) = "
@@ -121,7 +126,11 @@ def masked_attention_reference(q, k, v, mask, scale):
     if mask.dtype == torch.uint8:
         mask = unpack_mask(mask, k.shape[2])
     if q.device.type == "cpu":
+        if mask.is_floating_point() and mask.dtype != q.dtype:
+            mask = mask.to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    if mask.is_floating_point():
+        mask = mask > float("-inf")
     has_key = mask.any(-1, keepdim=True)                       # (B|1, heads|1, Lq, 1)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~has_key, scale=scale)
     return out * has_key.to(out.dtype)
@@ -134,9 +143,10 @@ def masked_attention(q, k, v, mask, *, scale=None, backend=None):
     Args:
         q: ``(B, heads, Lq, d_qk)``; k: ``(B, heads, Lk, d_qk)``; v: ``(B, heads, Lk, d_v)``;
             any strides.
-        mask: bool ``(B|1, heads|1, Lq, Lk)`` with True = attend, or the packed uint8 form
-            ``(B|1, heads|1, Lq, ceil(Lk / 8))`` (see :func:`topk_mask`). Masked logits are
-            ``-inf`` before the softmax. Takes no gradient.
+        mask: bool ``(B|1, heads|1, Lq, Lk)`` with True = attend, the packed uint8 form
+            ``(B|1, heads|1, Lq, ceil(Lk / 8))`` (see :func:`topk_mask`), or the additive float
+            form (0 = attend, -inf = masked). Masked logits are ``-inf`` before the softmax.
+            Takes no gradient.
         scale: logit scale, default ``d_qk ** -0.5``.
         backend: ``"triton"``, ``"reference"`` or None (see :mod:`ops._backend`).
 
@@ -148,6 +158,8 @@ def masked_attention(q, k, v, mask, *, scale=None, backend=None):
         scale = q.shape[-1] ** -0.5
     if select_backend("masked_attention", backend, q, v) == "triton":
         from ._triton_masked_attention import masked_attention_triton
+        if mask.is_floating_point():
+            mask = mask > float("-inf")
         return masked_attention_triton(q, k, v, mask, float(scale))
     return masked_attention_reference(q, k, v, mask, scale)
 

@@ -42,7 +42,7 @@ def _sparsifiner(model, config):
         return None if output[1] is None else output[1][:, 1:]
 
     def attn_mask(output):
-        mask = output[1]
+        mask = output[1] if output[1].dtype == torch.bool else output[1] == 0  # additive form
         state["masks"].append(mask)
         if state["keep"] is not None:
             mask = mask.clone()

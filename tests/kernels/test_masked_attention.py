@@ -157,7 +157,7 @@ def test_validation():
     with pytest.raises(TypeError, match="dtype"):
         ma(q, k.double(), k, m, backend="reference")
     with pytest.raises(TypeError, match="bool"):
-        ma(q, k, k, m.float(), backend="reference")
+        ma(q, k, k, m.long(), backend="reference")
     with pytest.raises(ValueError, match="mask of dtype"):
         ma(q, k, k, m[..., :6], backend="reference")            # wrong Lk
     with pytest.raises(ValueError, match="mask of dtype"):
@@ -270,3 +270,30 @@ def test_triton_fully_masked_rows_zero_grads():
     g = torch.autograd.grad(out.square().sum(), (q, k, v))
     assert all(not t.isnan().any() for t in g)
     assert g[0][:, :, 7].abs().max() == 0
+
+
+def _additive(m, dtype=torch.float32):
+    return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill_(~m, float("-inf"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_reference_additive_mask_is_the_bool_mask(dtype):
+    """The additive 0 / -inf form gives the bool mask's outputs and gradients, fully-masked rows
+    included (0, zero gradients), whatever the mask's float dtype."""
+    q, k, v = (_randn(2, 2, 9, 8, dtype=torch.float64, seed=s).requires_grad_() for s in range(3))
+    m = _mask(2, 1, 9, 9, density=0.4, empty_rows=[(1, 0, 3)])
+    want = ops.masked_attention(q, k, v, m, backend="reference")
+    got = ops.masked_attention(q, k, v, _additive(m, dtype), backend="reference")
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+    assert got[1, :, 3].abs().max() == 0
+    g_want = torch.autograd.grad(want.square().sum(), (q, k, v))
+    g_got = torch.autograd.grad(got.square().sum(), (q, k, v))
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    with pytest.raises(TypeError, match="additive float"):
+        ops.masked_attention(q, k, v, m.to(torch.int32), backend="reference")
+
+
+def test_triton_additive_mask_matches_reference():
+    m = _mask(1, 2, 19, 23, density=0.3, empty_rows=[(0, 0, 5)])
+    assert_backends_match(_ma_op(_additive(m)), _inputs(1, 2, 19, 23, 16, 16))
