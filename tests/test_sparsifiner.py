@@ -296,3 +296,34 @@ def test_mask_picture_tool_draws_each_block_and_head_for_the_query(tmp_path, cap
     assert "lies outside the 64x64 input" in capsys.readouterr().err
     assert sparsifiner_masks.main(["cswin_tiny_224", str(tmp_path / "in.png")]) == 2
     assert "is not a Sparsifiner model" in capsys.readouterr().err
+
+
+def test_benchmark_pairs_ours_with_the_authors_model_built_as_their_main_py_builds_it(tmp_path,
+                                                                                      capsys):
+    """``--paired --official DIR``: the family record's official_builder builds the authors'
+    class with main.py's arguments and a yacs-like config, and its dict output becomes logits.
+    The stand-in repository checks exactly those arguments and answers with our model."""
+    from backbones.cli import benchmark
+    models = tmp_path / "official" / "src" / "models"
+    models.mkdir(parents=True)
+    (models / "sparsifiner.py").write_text('''
+import backbones.sparsifiner as ours
+
+def Sparsifiner(cfg, **kwargs):
+    assert kwargs["depth"] == 12 and kwargs["embed_dim"] == 384 and kwargs["reduce_n_factor"] == 6
+    assert cfg.SPAR.BASIS_COEF.TOPK == 8 and cfg.LOSS.USE_ATTN_RECON is False
+    spar = cfg.SPAR
+    model = ours.create_from_official(dict(kwargs, cfg=dict(SPAR=dict(
+        BASIS_THRESHOLD=spar.BASIS_THRESHOLD, BASIS_COEF=vars(spar.BASIS_COEF),
+        ATTN_SCORE=vars(spar.ATTN_SCORE)))))
+    forward = model.forward
+    model.forward = lambda x: {"x": forward(x), "features": None}
+    return model
+''')
+    rows = benchmark.run(["--models", "sparsifiner_deit_small_224", "--paired", "--official",
+                          str(tmp_path / "official"), "--batch-sizes", "1", "--iters", "1",
+                          "--warmup", "1"])
+    (row,) = rows
+    assert row["twin"] == "official src/models/sparsifiner.py:Sparsifiner"
+    assert row["ours_ms"] > 0 and row["twin_ms"] > 0
+    assert "| official src/models/sparsifiner.py:Sparsifiner |" in capsys.readouterr().out
