@@ -63,8 +63,10 @@ def reversed_attention_reference(q, k, v, weights, scale, return_scores=False):
     rows = max(1, min(L, _REFERENCE_CHUNK_ELEMENTS // max(1, B * heads * L)))
     out, mask = None, None
     for i0 in range(0, L, rows):
-        # matmuls rather than einsums: fvcore counts matmuls exactly (its einsum rule estimates)
-        attn = (q[:, :, i0:i0 + rows] @ k.transpose(-1, -2) * scale).softmax(-1)
+        # matmuls rather than einsums: fvcore counts matmuls exactly (its einsum rule estimates);
+        # the scale goes on q (L x d), not on the L x L logits: one pass less over the largest
+        # tensor, and the copy a strided q needs for the matmul comes with it
+        attn = ((q[:, :, i0:i0 + rows] * scale) @ k.transpose(-1, -2)).softmax(-1)
         u = v[:, :, i0:i0 + rows]
         if weights is not None:
             u = u * weights[:, :, i0:i0 + rows, None]
