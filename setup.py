@@ -41,6 +41,10 @@ CONSOLE_SCRIPTS = [
     "zoo-benchmark-ops=backbones.cli.benchmark_ops:main",
     "zoo-compile-kernels=backbones.cli.compile_kernels:main",
     "zoo-gpu-report=backbones.cli.gpu_report:main",
+    "zoo-sparsifiner-masks=backbones.cli.sparsifiner_masks:main",
+    "zoo-dependency-tree=backbones.cli.dependency_tree:main",
+    "zoo-benchmark-ela=backbones.cli.benchmark_ela:main",
+    "zoo-benchmark-ulsam=backbones.cli.benchmark_ulsam:main",
 ]
 
 setup(

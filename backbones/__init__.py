@@ -8,7 +8,8 @@ model timm already has. Each family declares what it provides in one :class:`Fam
 import importlib
 from types import MappingProxyType
 
-from . import biformer, cswin, halonet, litv2, shvit, sparsifiner  # noqa: F401  (registers the families with timm)
+from . import (  # noqa: F401  (registers the families with timm)
+    biformer, cswin, dependencyvit, ela, halonet, litv2, shvit, sparsifiner, ulsam)
 from ._family import _FAMILIES, Family, PaperResult, list_families
 from ._pretrained import PretrainedWeightsError
 from ._registry import list_zoo_families, list_zoo_models

@@ -109,6 +109,15 @@ class SparsifinerTrace:
         return torch.stack([1.0 - m.float().mean() for m in masks]).mean()
 
 
+def _as_ordered_ints(x):
+    """``x`` (float32, every entry >= 0 or -inf) as int32 bit patterns, which order exactly as the
+    floats do: the integer top-k is 10-20 % faster on the CPU (same entries, ties aside). Other
+    dtypes, and torch.jit's tracer (fvcore counts with it; it has no dtype view), keep floats."""
+    if x.dtype == torch.float32 and not torch.jit.is_tracing():
+        return x.view(torch.int32)
+    return x
+
+
 def _true_like(index):
     """An all-True bool source shaped like ``index`` (no copy), for ``scatter_``: the scalar
     ``True`` form has no TorchScript schema, so torch.jit's tracer (fvcore) cannot count it."""
@@ -205,8 +214,8 @@ class ConnectivityPredictor(nn.Module):
         if reconstruct:
             return coef @ self.basis(signed=True)
         if self.coef_topk is not None:
-            top = coef.topk(self.coef_topk, dim=-1, sorted=False)
-            coef = torch.zeros_like(coef).scatter_(-1, top.indices, top.values)
+            index = _as_ordered_ints(coef).topk(self.coef_topk, dim=-1, sorted=False).indices
+            coef = torch.zeros_like(coef).scatter_(-1, index, coef.gather(-1, index))
         elif self.coef_threshold > 0:
             coef = coef.masked_fill(coef <= self.coef_threshold, 0.0)
         return coef @ self.basis()
@@ -232,13 +241,9 @@ class ConnectivityPredictor(nn.Module):
         return mask
 
     def _top_keys(self, score, kept_patch_tokens):
-        # Scores are >= 0 (non-negative coefficients times a non-negative basis) or -inf
-        # (pruned keys); such floats order exactly as their int32 bit patterns, and the integer
-        # top-k is ~10 % faster on the CPU. Same keys, ties aside. (torch.jit's tracer, which
-        # fvcore counts with, has no dtype view.)
-        bits = score.view(torch.int32) if score.dtype == torch.float32 \
-            and not torch.jit.is_tracing() else score
-        return bits.topk(self.budget(kept_patch_tokens), dim=-1, sorted=False).indices
+        # scores are >= 0 (non-negative coefficients times a non-negative basis) or -inf
+        return _as_ordered_ints(score).topk(self.budget(kept_patch_tokens), dim=-1,
+                                            sorted=False).indices
 
     def _additive_mask(self, score, keep, kept_patch_tokens):
         n = score.shape[-1]

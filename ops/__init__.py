@@ -9,12 +9,14 @@ explicitly, for one call, a block or a whole process (see :mod:`ops._backend`).
 """
 from ._backend import BACKENDS, current_default_backend, interpreter_enabled, use_backend
 from ._fx import fx_leaf
+from .ela_gate import ela_gate, ela_gate_macs
 from .halo_attention import halo_attention_2d, halo_attention_macs
 from .masked_attention import (
     masked_attention, masked_attention_macs, pack_mask, topk_mask, unpack_mask)
 from .neighborhood_attention import neighborhood_attention_2d, neighborhood_attention_macs
 from .reversed_attention import reversed_attention, reversed_attention_macs
 from .routed_attention import routed_attention_2d, routed_attention_macs
+from .ulsam import ulsam_attention, ulsam_attention_macs
 from .window_attention import (
     centered_window_offset,
     window_attention_2d,
@@ -33,4 +35,6 @@ __all__ = [
     "neighborhood_attention_2d", "neighborhood_attention_macs",
     "masked_attention", "masked_attention_macs", "topk_mask", "pack_mask", "unpack_mask",
     "reversed_attention", "reversed_attention_macs",
+    "ela_gate", "ela_gate_macs",
+    "ulsam_attention", "ulsam_attention_macs",
 ]

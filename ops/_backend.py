@@ -100,15 +100,18 @@ def triton_limit(op_name, device, dtype, head_dims):
     return None
 
 
-def select_backend(op_name, backend, q, v, op_limit=None):
+def select_backend(op_name, backend, q, v, op_limit=None, head_dims=None):
     """``"triton"`` or ``"reference"`` for one call of ``op_name`` on ``q`` / ``v`` (see the
     module docstring). ``op_limit``: a zero-argument callable giving the op's own limit beyond
     :func:`triton_limit` (an exception, or None); limits are only evaluated when Triton is a
-    candidate."""
+    candidate. ``head_dims``: the sizes the kernel's tiles must hold (default: q's and v's last
+    dims; ``{}`` for kernels that tile every dimension, such as the CNN gates)."""
     name = explicit_backend(backend)
     if name == "reference" or (name is None and q.device.type not in AUTO_TRITON_DEVICES):
         return "reference"
-    limit = triton_limit(op_name, q.device, q.dtype, {"d_qk": q.shape[-1], "d_v": v.shape[-1]})
+    if head_dims is None:
+        head_dims = {"d_qk": q.shape[-1], "d_v": v.shape[-1]}
+    limit = triton_limit(op_name, q.device, q.dtype, head_dims)
     if limit is None and op_limit is not None:
         limit = op_limit()
     if limit is None:

@@ -14,16 +14,19 @@ import math
 
 import torch
 
+from .ela_gate import ela_gate_macs
 from .halo_attention import halo_attention_macs
 from .masked_attention import masked_attention_macs
 from .neighborhood_attention import neighborhood_attention_macs
 from .reversed_attention import reversed_attention_macs
 from .routed_attention import routed_attention_macs
+from .ulsam import ulsam_attention_macs
 from .window_attention import window_attention_macs
 
 __all__ = ["fvcore_handles", "schema_handle", "sdpa_macs", "window_attention_macs",
            "routed_attention_macs", "halo_attention_macs", "neighborhood_attention_macs",
-           "masked_attention_macs", "reversed_attention_macs"]
+           "masked_attention_macs", "reversed_attention_macs", "ela_gate_macs",
+           "ulsam_attention_macs"]
 
 
 def sdpa_macs(q_shape, k_shape, v_shape):
@@ -55,6 +58,12 @@ _COUNTS = {
         lambda q, k, v, **_: masked_attention_macs(q, k, v),
     "backbones::reversed_attention_fwd":
         lambda q, v, **_: reversed_attention_macs(q, v),
+    # ELA: what fvcore counts of the reference (the 1-D convs and GroupNorms inside the op)
+    "backbones::ela_gate_fwd":
+        lambda x, weight, **_: ela_gate_macs(x, weight),
+    # ULSAM: the reference's einsum (the G -> 1 contraction), B * C * H * W
+    "backbones::ulsam_fwd":
+        lambda x, **_: ulsam_attention_macs(x),
 }
 
 

@@ -73,8 +73,10 @@ def test_default_cfgs_carry_real_sources_and_metadata(name):
         return
     for tag_name in tags:
         cfg = timm.models.get_pretrained_cfg(tag_name)
-        assert urlparse(cfg.url).scheme == "https"
-        assert cache_file_name(cfg.url).endswith((".pth", ".pt", ".pth.tar", ".safetensors", ".bin"))
+        if cfg.url or not cfg.hf_hub_id:  # timm's hub-only weights have an hf_hub_id instead
+            assert urlparse(cfg.url).scheme == "https"
+            assert cache_file_name(cfg.url).endswith((".pth", ".pt", ".pth.tar", ".safetensors",
+                                                      ".bin"))
         assert cfg.license and cfg.paper_ids and cfg.origin_url and cfg.paper_name
         assert cfg.first_conv and cfg.classifier
         assert 0 < cfg.crop_pct <= 1 and cfg.interpolation in ("bicubic", "bilinear")

@@ -16,6 +16,8 @@ from typing import Any, Callable, Mapping, Optional, Tuple
 import torch
 
 import ops
+from ops import _triton_ela_gate as ela_tri
+from ops import _triton_ulsam as ulsam_tri
 from ops import _triton_halo_attention as halo_tri
 from ops import _triton_masked_attention as masked_tri
 from ops import _triton_neighborhood_attention as na_tri
@@ -392,6 +394,82 @@ REVERSED_ATTENTION = OpCase(
 )
 
 
+# --------------------------------------------------------------------------- ELA gate
+
+def _ela_inputs(batch=2, dtype=torch.float32):
+    # x (H != W, both past the conv's reach at the borders), a grouped k = 5 conv weight (2
+    # channels a group: ELA-S / L-like), the GroupNorm's gamma and beta
+    return (randn(batch, 8, 5, 7, dtype=dtype, seed=1), randn(8, 2, 5, dtype=dtype, seed=2),
+            rand(8, dtype=dtype, seed=3) + 0.5, randn(8, dtype=dtype, seed=4))
+
+
+def _ela_call(x, weight, gn_weight, gn_bias, backend):
+    return ops.ela_gate(x, weight, gn_weight, gn_bias, num_groups=4, backend=backend)
+
+
+def _ela_fwd_args(x, weight, gn_weight, gn_bias):
+    return (x, weight, gn_weight, gn_bias, 4, 1e-5, True)
+
+
+def _ela_bwd_args(needs_input_grad):
+    def args(x, weight, gn_weight, gn_bias):
+        out, z, a = ela_tri.FUSED_OP.forward_op(x, weight, gn_weight, gn_bias, 4, 1e-5, True)
+        return (torch.randn_like(out), x.detach(), weight.detach(), gn_weight.detach(),
+                gn_bias.detach(), z, a, 4, 1e-5, needs_input_grad)
+    return args
+
+
+ELA_GATE = OpCase(
+    "ela_gate", ops.ela_gate, _ela_inputs, _ela_call,
+    opchecks=(OpCheck("fwd", ela_tri.FUSED_OP.forward_op, _ela_fwd_args),
+              OpCheck("bwd", ela_tri.FUSED_OP.backward_op, _ela_bwd_args(_ALL_GRADS[:4]),
+                      BACKWARD_OP_TESTS),
+              OpCheck("bwd-params-only", ela_tri.FUSED_OP.backward_op,
+                      _ela_bwd_args([False, True, True, True]), BACKWARD_OP_TESTS)),
+    macs=lambda x, weight, *_: ops.ela_gate_macs(x.shape, weight.shape),
+)
+
+
+# --------------------------------------------------------------------------- ULSAM attention
+
+def _ulsam_inputs(batch=2, dtype=torch.float32):
+    # x: in each (sample, channel) plane the 35 values are distinct multiples of 1/8 (exact in
+    # fp16 / bf16), so no 3x3 window has two equal maxima in any dtype (the max-pool's gradient
+    # goes to one position; a tie would be routed differently by the two paths); 8 channels in
+    # g = 2 subspaces of 4; positive biases keep most logits past the ReLU
+    gen = torch.Generator().manual_seed(11)
+    planes = torch.rand(batch * 8, 35, generator=gen).argsort(-1)  # a permutation per plane
+    x = ((planes.float() - 17) / 8).reshape(batch, 8, 5, 7).to(dtype).to(DEVICE)
+    return (x, rand(8, dtype=dtype, seed=2) + 0.5, randn(8, dtype=dtype, seed=3) * 0.5,
+            randn(2, 4, dtype=dtype, seed=4), rand(2, dtype=dtype, seed=5) + 0.2)
+
+
+def _ulsam_call(x, dw_scale, dw_shift, pw_weight, pw_bias, backend):
+    return ops.ulsam_attention(x, dw_scale, dw_shift, pw_weight, pw_bias, backend=backend)
+
+
+def _ulsam_fwd_args(*tensors):
+    return (*tensors, True)
+
+
+def _ulsam_bwd_args(needs_input_grad):
+    def args(*tensors):
+        out, s, attn = ulsam_tri.FUSED_OP.forward_op(*tensors, True)
+        return (torch.randn_like(out), *(t.detach() for t in tensors), s, attn, needs_input_grad)
+    return args
+
+
+ULSAM_ATTENTION = OpCase(
+    "ulsam_attention", ops.ulsam_attention, _ulsam_inputs, _ulsam_call,
+    opchecks=(OpCheck("fwd", ulsam_tri.FUSED_OP.forward_op, _ulsam_fwd_args),
+              OpCheck("bwd", ulsam_tri.FUSED_OP.backward_op, _ulsam_bwd_args(_ALL_GRADS[:5]),
+                      BACKWARD_OP_TESTS),
+              OpCheck("bwd-params-only", ulsam_tri.FUSED_OP.backward_op,
+                      _ulsam_bwd_args([False, True, True, True, True]), BACKWARD_OP_TESTS)),
+    macs=lambda x, *_: ops.ulsam_attention_macs(x.shape),
+)
+
+
 # --------------------------------------------------------------------------- mask helpers
 
 _LK = 19
@@ -426,5 +504,5 @@ TOPK_MASK = OpCase(
 
 
 CASES = (WINDOW_ATTENTION, WINDOW_DEPTHWISE_CONV, ROUTED_ATTENTION, HALO_ATTENTION,
-         NEIGHBORHOOD_ATTENTION, MASKED_ATTENTION, REVERSED_ATTENTION,
+         NEIGHBORHOOD_ATTENTION, MASKED_ATTENTION, REVERSED_ATTENTION, ELA_GATE, ULSAM_ATTENTION,
          PACK_MASK, UNPACK_MASK, TOPK_MASK)
