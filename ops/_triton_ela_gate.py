@@ -26,9 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._backend import interpreter_enabled
 from ._custom_op import FusedOp
-from .ela_gate import ela_sequence_gate
+from ._triton_blocksparse import INTERPRETED
 
 __all__ = ["ela_gate_triton"]
 
@@ -41,7 +40,7 @@ MAX_BLOCK_W = 256
 
 
 def _blocks(H, W):
-    cap = TILE_ELEMENTS["interpreter" if interpreter_enabled() else "gpu"]
+    cap = TILE_ELEMENTS["interpreter" if INTERPRETED else "gpu"]
     block_w = min(triton.next_power_of_2(max(W, 1)), MAX_BLOCK_W, cap)
     block_h = min(triton.next_power_of_2(max(H, 1)), max(1, cap // block_w))
     return block_h, block_w
@@ -169,11 +168,22 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, gn_weight: torch.Tensor,
     return out, z, a
 
 
+def _sequence_forward(z, weight, gn_weight, gn_bias, num_groups, eps):
+    """``sigmoid(GN(conv1d(z)))`` of one direction's strip means ``z`` ``(B, C, L)`` through ATen
+    (the op's ``ela_sequence_gate``), with what its backward needs: (y, normed, mean, rstd)."""
+    B, C, L = z.shape
+    pad, groups = weight.shape[-1] // 2, C // weight.shape[1]
+    y = torch.ops.aten.convolution(z, weight, None, [1], [pad], [1], False, [0], groups)
+    normed, mean, rstd = torch.ops.aten.native_group_norm(
+        y, gn_weight, gn_bias, B, C, L, num_groups, eps)
+    return y, normed, mean, rstd
+
+
 def _sequence_gates(z, weight, gn_weight, gn_bias, num_groups, eps, H):
     """``a = [a_h | a_w]`` ``(B, C, H + W)`` from the strip means ``z``."""
-    return torch.cat([ela_sequence_gate(z[..., :H], weight, gn_weight, gn_bias, num_groups, eps),
-                      ela_sequence_gate(z[..., H:], weight, gn_weight, gn_bias, num_groups, eps)],
-                     dim=-1)
+    return torch.cat([torch.sigmoid(_sequence_forward(part, weight, gn_weight, gn_bias,
+                                                      num_groups, eps)[1])
+                      for part in (z[..., :H], z[..., H:])], dim=-1)
 
 
 def _sequence_backward(da, z, weight, gn_weight, gn_bias, num_groups, eps, needs):
@@ -182,9 +192,7 @@ def _sequence_backward(da, z, weight, gn_weight, gn_bias, num_groups, eps, needs
     pixel of ``(B, C, L)``). ``needs``: (dz, dweight, dgn_weight, dgn_bias)."""
     B, C, L = z.shape
     pad, groups = weight.shape[-1] // 2, C // weight.shape[1]
-    y = torch.ops.aten.convolution(z, weight, None, [1], [pad], [1], False, [0], groups)
-    normed, mean, rstd = torch.ops.aten.native_group_norm(
-        y, gn_weight, gn_bias, B, C, L, num_groups, eps)
+    y, normed, mean, rstd = _sequence_forward(z, weight, gn_weight, gn_bias, num_groups, eps)
     d_normed = torch.ops.aten.sigmoid_backward(da, torch.sigmoid(normed))
     dy, dgw, dgb = torch.ops.aten.native_group_norm_backward(
         d_normed, y, mean, rstd, gn_weight, B, C, L, num_groups,

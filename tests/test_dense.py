@@ -26,8 +26,13 @@ def _cswin_backbone(**kwargs):
 
 @pytest.mark.parametrize("name", backbones.list_zoo_models())
 def test_every_zoo_model_is_a_dense_backbone_at_an_odd_non_square_size(name):
-    """One NCHW map per stage, ceil(size / stride) each, channels as feature_info declares."""
+    """One NCHW map per stage, ceil(size / stride) each, channels as feature_info declares; a
+    model that takes one input size only says it cannot be a dense backbone."""
     torch.manual_seed(0)
+    if not backbones.get_family(name).any_input_size:
+        with pytest.raises(ValueError, match="cannot be a detection / segmentation backbone"):
+            DenseBackbone(name, task="segmentation")
+        return
     backbone = DenseBackbone(name, task="segmentation").eval()
     size = (77, 101)
     with torch.no_grad():

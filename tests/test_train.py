@@ -138,6 +138,8 @@ RECIPE_SHAPE = [DIGITS_RECIPE, "--model-kwargs", "embed_dim=16", "depths=(1,1,1,
 KILL_MID_EPOCH_2 = """
 import os, signal, sys
 sys.path[:0] = [{root!r}]
+import torch
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 from mmengine.hooks import Hook
 import backbones.training.classification as classification
 
@@ -191,7 +193,9 @@ def test_resume_of_the_readme_recipe_is_bit_exact(tmp_path):
     for k, v in resumed.model.net.state_dict().items():
         assert torch.equal(v, live[k]), k
 
-    env = dict(os.environ,
+    # the killed job computes with this process's thread count: floating-point sums are split
+    # by thread, so bit-exactness holds between runs with the same count (as on one machine)
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()),
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     code = KILL_MID_EPOCH_2.format(root=str(ROOT))
     argv = [str(a) for a in RECIPE_SHAPE + ["--output", tmp_path / "killed", "--experiment", "job"]]

@@ -752,6 +752,14 @@ def run(argv=None):
     args = parse_args(argv)
     if args.worker:
         return worker_main(args.worker)
+    threads = torch.get_num_threads()
+    try:
+        return _run(args)
+    finally:  # run() is also called in-process (tests, notebooks): leave the caller's threads
+        torch.set_num_threads(threads)
+
+
+def _run(args):
     settings = make_settings(args)
     torch.set_num_threads(args.threads)
     names = resolve_models(args.models)

@@ -69,7 +69,9 @@ KERNEL_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfl
 # A small model of each family (HaloNet: the one timm has too): every family's ops run.
 FAMILY_MODELS = {"cswin": "cswin_tiny_224", "halonet": "halonet26t_256",
                  "biformer": "biformer_tiny_224", "litv2": "litv2_small_224",
-                 "shvit": "shvit_s1_224"}
+                 "shvit": "shvit_s1_224", "sparsifiner": "sparsifiner_deit_small_224",
+                 "dependencyvit": "dependencyvit_tiny_224", "ela": "ela_resnet50_b_224",
+                 "ulsam": "ulsam_mobilenetv2_100_224"}
 DRY_RUN_MODELS = ("shvit_s1_224",)
 # The first pattern of each op: what a dry run runs, and what a GPU run runs first (a deadline
 # then leaves out variants of an op, never a whole op).

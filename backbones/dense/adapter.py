@@ -56,6 +56,14 @@ class DenseBackbone(nn.Module):
     def __init__(self, model_name, task=None, pretrained=False, out_indices=None,
                  frozen_stages=-1, norm_eval=False, size_divisor=None, **model_kwargs):
         super().__init__()
+        zoo_name = model_name.split(".")[0]
+        if zoo_name in backbones.list_zoo_models() and \
+                not backbones.get_family(zoo_name).any_input_size:
+            raise ValueError(
+                f"{model_name} takes only the input size it was built for (its family record: "
+                "any_input_size=False), so it cannot be a detection / segmentation backbone, "
+                "whose images come in every size; use forward_intermediates at that size, or a "
+                "family that takes any size")
         kwargs = dense_backbone_kwargs(model_name, task) if task is not None else {}
         kwargs.update(model_kwargs)
         if out_indices is not None:
