@@ -23,7 +23,6 @@ table rows (spec ``ulsam.md`` §4), which their costs reproduce (``paper_cost``,
 """
 import copy
 import math
-import warnings
 from collections import OrderedDict
 from functools import partial
 from typing import Optional, Sequence, Tuple
@@ -42,8 +41,9 @@ from ops.ulsam import apply_subspace_attention, max_pool3x3_nonneg, subspace_con
 
 from ._builder import build_zoo_model
 from ._family import Family, PaperResult, register_family
-from ._helpers import check_image_input, unwrap_checkpoint
+from ._helpers import unwrap_checkpoint
 from ._registry import register_zoo_model
+from .layers.attn_hosts import MOBILENETV2_ARCH, CheckedHostMixin, fill_new_layers
 
 __all__ = ["ULSAM", "UlsamMobileNet", "checkpoint_filter_fn", "create_from_official",
            "paper_cost", "ulsam_macs"]
@@ -149,7 +149,7 @@ def ulsam_key(block_index):
     return f"{block_index}_ulsam"
 
 
-class UlsamMobileNet(EfficientNet):
+class UlsamMobileNet(CheckedHostMixin, EfficientNet):
     """timm's MobileNet (``EfficientNet`` built from timm's MobileNet-V1 / V2 block definitions)
     with ULSAM layers at ``ulsam_positions``.
 
@@ -212,34 +212,20 @@ class UlsamMobileNet(EfficientNet):
             raise ValueError(f"ulsam_positions lists a position twice: {positions}")
         return tuple(sorted(out))
 
-    def _check_input(self, x):
-        return check_image_input(x, self.in_chans, type(self).__name__)
-
-    @torch.jit.ignore
-    def no_weight_decay(self):
-        # 1-D parameters (BN, biases) are already excluded by timm's optimizer factory.
-        return set()
-
-    def forward_features(self, x):
-        return super().forward_features(self._check_input(x))
-
     def forward_intermediates(self, x, indices=None, norm=False, stop_early=False,
                               output_fmt="NCHW", intermediates_only=False, extra_blocks=False):
         if output_fmt != "NCHW":
             raise ValueError(f"UlsamMobileNet features are NCHW only, got output_fmt={output_fmt!r}")
         return super().forward_intermediates(
-            self._check_input(x), indices=indices, norm=norm, stop_early=stop_early,
-            output_fmt=output_fmt, intermediates_only=intermediates_only,
-            extra_blocks=extra_blocks)
+            x, indices=indices, norm=norm, stop_early=stop_early, output_fmt=output_fmt,
+            intermediates_only=intermediates_only, extra_blocks=extra_blocks)
 
 
-# timm 1.0.31's MobileNet block strings (efficientnet.py, _gen_mobilenet_v1 / _v2), repeated so
-# that the hosts build exactly timm's networks.
+# timm 1.0.31's MobileNet block strings (efficientnet.py, _gen_mobilenet_v1 / _v2; V2's is shared
+# with ELA's hosts), so that the hosts build exactly timm's networks.
 _MV1_ARCH = [["dsa_r1_k3_s1_c64"], ["dsa_r2_k3_s2_c128"], ["dsa_r2_k3_s2_c256"],
              ["dsa_r6_k3_s2_c512"], ["dsa_r2_k3_s2_c1024"]]
-_MV2_ARCH = [["ds_r1_k3_s1_c16"], ["ir_r2_k3_s2_e6_c24"], ["ir_r3_k3_s2_e6_c32"],
-             ["ir_r4_k3_s2_e6_c64"], ["ir_r3_k3_s1_e6_c96"], ["ir_r3_k3_s2_e6_c160"],
-             ["ir_r1_k3_s1_e6_c320"]]
+_MV2_ARCH = [list(stage) for stage in MOBILENETV2_ARCH]
 
 
 def host_kwargs(host, width=1.0):
@@ -368,19 +354,10 @@ def checkpoint_filter_fn(state_dict, model=None):
     sd = _official_module_to_zoo(unwrap_checkpoint(state_dict))
     if not isinstance(model, UlsamMobileNet):
         return sd
-    own = model.state_dict()
     replaced = [f"blocks.{s}.{b}." for s, b in model.ulsam_positions] if model.ulsam_replace else []
     sd = {k: v for k, v in sd.items() if not any(k.startswith(p) for p in replaced)}
-    missing = sorted(k for k in own if "_ulsam." in k and k not in sd)
-    if missing:
-        layers = sorted({k.split("_ulsam.")[0] + "_ulsam" for k in missing})
-        warnings.warn(
-            f"{len(layers)} ULSAM layer(s) {layers} are not in the checkpoint (a plain "
-            "MobileNet's weights: timm's host weights, tag host_in1k) and keep their "
-            "initialisation; fine-tune before use", UserWarning, stacklevel=2)
-        for k in missing:
-            sd[k] = own[k]
-    return sd
+    return fill_new_layers(sd, model, lambda k: "_ulsam." in k, "ULSAM",
+                           "the checkpoint (a plain MobileNet's weights, e.g. tag host_in1k)")
 
 
 def create_from_official(kwargs, official_class=None):

@@ -269,7 +269,7 @@ def test_host_weights_load_with_only_ulsam_missing(tmp_path):
     host = timm.create_model("mobilenetv2_100")
     path = tmp_path / "mobilenetv2_100.pth"
     torch.save(host.state_dict(), path)
-    with pytest.warns(UserWarning, match=r"2 ULSAM layer\(s\).*blocks\.4\.2_ulsam.*blocks\.5\.2_ulsam"):
+    with pytest.warns(UserWarning, match=r"no weights for the 2 ULSAM layers.*blocks\.4\.2_ulsam.*blocks\.5\.2_ulsam"):
         model = timm.create_model("ulsam_mobilenetv2_100_e1_224", pretrained=True,
                                   pretrained_cfg_overlay=dict(file=str(path)))
     assert model.pretrained_cfg["tag"] == "host_in1k"

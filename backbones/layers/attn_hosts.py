@@ -113,10 +113,11 @@ def fill_new_layers(state_dict, model, is_new: Callable[[str], bool], what: str,
     for k in missing:
         out[k] = own[k]
     modules = sorted({k.rsplit(".", 2)[0] for k in missing})
+    names = ", ".join(modules[:8]) + (", ..." if len(modules) > 8 else "")
     warnings.warn(
-        f"{source} has no weights for the {len(modules)} {what} layers ({len(missing)} tensors, "
-        f"e.g. {modules[0]}): they keep their initialisation, only the host network is "
-        "pretrained; fine-tune before use", stacklevel=2)
+        f"{source} has no weights for the {len(modules)} {what} layers ({len(missing)} tensors: "
+        f"{names}): they keep their initialisation, only the host network is pretrained; "
+        "fine-tune before use", stacklevel=2)
     return out
 
 
