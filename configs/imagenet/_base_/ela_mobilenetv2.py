@@ -7,30 +7,12 @@
 # (bilinear), seed 42. The official --lr-decay choices are step (an exponential decay to 0.1x),
 # cos, linear and a milestone schedule, with an optional 5-epoch warm-up; which one produced the
 # paper's numbers is not recorded. This recipe takes cos with the warm-up.
-opt = "momentum"
-momentum = 0.9
+_base_ = ["./sgd_cnn.py"]
 lr_base = 0.1
-lr_base_size = 256
 weight_decay = 1e-4
 weight_decay_all = True
-sched = "cosine"
-sched_on_updates = True
 epochs = 200
 warmup_epochs = 5
-warmup_lr = 0.0
-min_lr = 0.0
-cooldown_epochs = 0
-smoothing = 0.0
-aa = None
-color_jitter = 0.0
-train_interpolation = "bilinear"
-interpolation = "bilinear"
-crop_pct = 0.875
-reprob = 0.0
-mixup = 0.0
-cutmix = 0.0
-model_ema = False
-drop_path = None
 batch_size = 128
 workers = 4
 seed = 42

@@ -5,27 +5,10 @@
 # Resize(256) + CenterCrop(224). One difference: the paper divides the lr by 10 every 30 epochs;
 # the trainer's schedule keys (backbones/training/config.py) have no decay step, so this recipe
 # decays by a cosine over the 90 epochs instead.
-opt = "momentum"
-momentum = 0.9
+_base_ = ["./sgd_cnn.py"]
 lr_base = 0.1
-lr_base_size = 256
 weight_decay = 1e-4
-sched = "cosine"
-sched_on_updates = True
 epochs = 90
 warmup_epochs = 0
-min_lr = 0.0
-cooldown_epochs = 0
-smoothing = 0.0
-aa = None
-color_jitter = 0.0
-train_interpolation = "bilinear"
-interpolation = "bilinear"
-crop_pct = 0.875
-reprob = 0.0
-mixup = 0.0
-cutmix = 0.0
-model_ema = False
-drop_path = None
 batch_size = 32
 workers = 8
