@@ -14,9 +14,10 @@ as a heat map. Without ``--checkpoint`` the model has random weights (no Depende
 were ever released); the figure's footer says which weights drew it.
 """
 import argparse
-import ast
 import os
 import sys
+
+from ._common import ParseKwargs, UsageError, load_image
 
 PROG = "zoo-dependency-tree"
 
@@ -24,23 +25,6 @@ PROG = "zoo-dependency-tree"
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
            (15, 60, 90), (128, 64, 7), (22, 80, 22), (107, 20, 20), (74, 52, 95), (70, 43, 38)]
-
-
-class UsageError(Exception):
-    """A problem with the command line or what it names (exit status 2)."""
-
-
-def _kv(items):
-    kwargs = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--model-kwargs expects key=value pairs, got {item!r}")
-        try:
-            kwargs[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            kwargs[key] = value
-    return kwargs
 
 
 def build_parser():
@@ -59,7 +43,7 @@ def build_parser():
     p.add_argument("--output", help="PNG path (one image only); default <image>_dependency.png")
     p.add_argument("--output-dir", help="folder for the PNGs (<image name>_dependency.png)")
     p.add_argument("--scale", type=int, default=2, help="panel size = input size x scale")
-    p.add_argument("--model-kwargs", nargs="*", metavar="K=V",
+    p.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, metavar="K=V",
                    help="extra timm.create_model kwargs (Python literals)")
     return p
 
@@ -72,7 +56,7 @@ def build_model(args):
     from backbones.dependencyvit import DependencyViT
     from backbones.training.checkpoint import read_state_dict
 
-    kwargs = _kv(args.model_kwargs)
+    kwargs = dict(args.model_kwargs)
     if args.checkpoint:
         state = read_state_dict(args.checkpoint)
         head = state.get("head.weight")
@@ -96,24 +80,6 @@ def build_model(args):
     if not isinstance(model, DependencyViT):  # pragma: no cover - guarded by the name check
         raise UsageError(f"{args.model} is not a DependencyViT")
     return model, weights
-
-
-def load_image(path, model):
-    """The model's eval input (B=1) and the same crop as an RGB PIL image (for drawing)."""
-    import timm.data
-    from PIL import Image
-
-    try:
-        image = Image.open(path).convert("RGB")
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read image {path}: {e}") from e
-    cfg = timm.data.resolve_data_config({}, model=model)
-    transform = timm.data.create_transform(**cfg)
-    x = transform(image).unsqueeze(0)
-    mean = x.new_tensor(cfg["mean"]).view(1, 3, 1, 1)
-    std = x.new_tensor(cfg["std"]).view(1, 3, 1, 1)
-    shown = ((x * std + mean).clamp(0, 1)[0].permute(1, 2, 0) * 255).round().byte().numpy()
-    return x, Image.fromarray(shown)
 
 
 def _heat(value):

@@ -18,11 +18,9 @@ import sys
 import torch
 from PIL import Image, ImageDraw
 
+from ._common import ParseKwargs, UsageError, load_image
+
 TILE = 112
-
-
-class UsageError(Exception):
-    """A problem with the command line or with what it names (exit status 2)."""
 
 
 def parse_args(argv=None):
@@ -35,7 +33,7 @@ def parse_args(argv=None):
                         "centre")
     p.add_argument("--checkpoint", help="weights file (official or zoo layout)")
     p.add_argument("--pretrained-tag", help="download the weights of this pretrained tag")
-    p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
+    p.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, metavar="K=V",
                    help="extra model kwargs (python literals), e.g. for a trained token-pruning "
                         "model: token_pruning_layers=(2,5,8)")
     p.add_argument("--blocks", nargs="+", type=int, metavar="I",
@@ -43,20 +41,6 @@ def parse_args(argv=None):
     p.add_argument("--output", default="sparsifiner_masks.png", help="PNG to write")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     return p.parse_args(argv)
-
-
-def _literal_kwargs(pairs):
-    import ast
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise UsageError(f"--model-kwargs takes key=value, got {pair!r}")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
 
 
 def load_model(args):
@@ -67,7 +51,7 @@ def load_model(args):
     if args.model not in backbones.list_zoo_models("sparsifiner"):
         raise UsageError(f"{args.model!r} is not a Sparsifiner model; choose one of "
                          f"{backbones.list_zoo_models('sparsifiner')}")
-    kwargs = _literal_kwargs(args.model_kwargs)
+    kwargs = dict(args.model_kwargs)
     torch.manual_seed(args.seed)
     if args.checkpoint:
         from backbones.training.checkpoint import read_state_dict
@@ -83,24 +67,6 @@ def load_model(args):
         source = f"RANDOM weights (seed {args.seed}): the masks show the method, not a trained model"
     assert isinstance(model, Sparsifiner)
     return model.eval(), source
-
-
-def load_image(model, path):
-    """(input tensor (1, 3, H, W), the RGB image it shows, resized and cropped as the model sees it)."""
-    import timm.data
-    try:
-        image = Image.open(path).convert("RGB")
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read image {path!r}: {e}") from e
-    config = timm.data.resolve_data_config({}, model=model)
-    transform = timm.data.create_transform(**config)
-    x = transform(image).unsqueeze(0)
-    # the same resize + crop without the normalisation, for drawing
-    shown = transform.transforms[:-2]
-    visible = image
-    for t in shown:
-        visible = t(visible)
-    return x, visible.resize((TILE, TILE), Image.BICUBIC)
 
 
 def parse_query(text, size):
@@ -191,7 +157,8 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         model, source = load_model(args)
-        x, image = load_image(model, args.image)
+        x, image = load_image(args.image, model)
+        image = image.resize((TILE, TILE), Image.BICUBIC)
         query = parse_query(args.query, x.shape[-2:])
         picture = draw(model, x, image, query, source, args.blocks)
     except (UsageError, FileNotFoundError) as e:

@@ -19,7 +19,6 @@ Prints one line per model and, with ``--results-file x.json | x.csv``, writes th
 Problems with the inputs end the run with exit status 2 and one ``error: ...`` line on stderr.
 """
 import argparse
-import ast
 import contextlib
 import csv
 import difflib
@@ -29,32 +28,13 @@ import os
 import sys
 import time
 
+from ._common import ParseKwargs, UsageError
+
 _logger = logging.getLogger("backbones.validate")
 
 RESULT_KEYS = ("model", "top1", "top5", "images", "img_size", "crop_pct", "interpolation",
                "param_count")
 _WILDCARD = ("*", "?", "[")
-
-
-class UsageError(Exception):
-    """A problem with the command line or with what it names (exit status 2)."""
-
-
-class ParseKwargs(argparse.Action):
-    """``key=value`` pairs; values are Python literals where they parse (``depths=(1,2,2,1)``,
-    ``split_sizes=(1,2,2,None)``, ``drop_rate=0.1``), strings otherwise."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        kwargs = dict(getattr(namespace, self.dest) or {})
-        for item in values:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                parser.error(f"{option_string} expects key=value pairs, got {item!r}")
-            try:
-                kwargs[key] = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
-                kwargs[key] = value
-        setattr(namespace, self.dest, kwargs)
 
 
 def build_parser():
