@@ -700,34 +700,30 @@ class Sparsifiner(nn.Module):
 
 def attention_maps(model, x):
     """(logits, final-norm tokens, per-block dense softmax attention ``(B, heads, N, N)``) of a
-    dense teacher: a zoo Sparsifiner (its dense attention) or a timm ``VisionTransformer`` whose
-    blocks have ``attn.qkv`` (the attention is recomputed from each block's input, so timm's fused
-    attention stays on)."""
+    dense teacher: a zoo Sparsifiner (its dense attention) or a timm ``VisionTransformer`` (its
+    blocks' unfused attention path for this call, whose ``attn_drop`` sees the probabilities: the
+    maps cost no extra matmul)."""
     if isinstance(model, Sparsifiner):
         trace = model.forward_trace(x, reconstruct=True, need_attn=True)
         return trace.logits, trace.features, [t.attn for t in trace.layers]
     blocks = getattr(model, "blocks", None)
-    if blocks is None or not all(hasattr(b, "attn") and hasattr(b.attn, "qkv") for b in blocks):
-        raise TypeError(f"{type(model).__name__} is not a ViT with blocks[i].attn.qkv: it cannot "
-                        "be the dense attention teacher of a Sparsifiner")
-    maps, handles = [], []
-
-    def record(attn_module, args, _output):
-        inp = args[0]
-        B, N, C = inp.shape
-        heads = attn_module.num_heads
-        q, k, _ = attn_module.qkv(inp).view(B, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
-        q, k = attn_module.q_norm(q), attn_module.k_norm(k)
-        maps.append(((q @ k.transpose(-1, -2)) * attn_module.scale).softmax(dim=-1))
-
+    if blocks is None or not all(hasattr(getattr(b, "attn", None), "fused_attn")
+                                 and hasattr(b.attn, "attn_drop") for b in blocks):
+        raise TypeError(f"{type(model).__name__} is not a timm ViT whose blocks' attention has "
+                        "fused_attn / attn_drop: it cannot be the dense attention teacher of a "
+                        "Sparsifiner")
+    maps, handles, fused = [], [], [b.attn.fused_attn for b in blocks]
     for block in blocks:
-        handles.append(block.attn.register_forward_hook(record))
+        block.attn.fused_attn = False
+        handles.append(block.attn.attn_drop.register_forward_hook(
+            lambda _module, _args, probs: maps.append(probs)))
     try:
         tokens = model.forward_features(x)
         logits = model.forward_head(tokens)
     finally:
-        for h in handles:
+        for h, block, was_fused in zip(handles, blocks, fused):
             h.remove()
+            block.attn.fused_attn = was_fused
     return logits, tokens[:, model.num_prefix_tokens:], maps
 
 
