@@ -596,3 +596,18 @@ def test_cpu_bf16_amp_channels_last_accumulation_clipping(tmp_path):
     assert runner.iter == 4
     state = runner.optim_wrapper.optimizer.state
     assert {int(s["step"]) for s in state.values()} == {2}
+
+
+def test_the_resnet_recipes_divide_the_lr_by_10_every_30_epochs(tmp_path):
+    """The ResNet paper's step schedule (ELA's ResNet hosts): lr 0.1 at a batch of 256 for epochs
+    0-29, 0.01 for 30-59, 0.001 for 60-89, whatever the update count per epoch."""
+    from backbones.training.schedule import create_timm_scheduler
+    cfg = _cfg([ROOT / "configs" / "imagenet" / "ela_resnet50_b_224.py", "--data-dir", tmp_path,
+                "--lr", "0.1"])
+    assert (cfg.sched, cfg.decay_epochs, cfg.decay_rate, cfg.epochs) == ("step", 30, 0.1, 90)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    scheduler, total = create_timm_scheduler(cfg, optimizer, steps_per_epoch=7)
+    assert total == 90
+    for epoch, lr in ((0, 0.1), (29, 0.1), (30, 0.01), (59, 0.01), (60, 0.001), (89, 0.001)):
+        scheduler.step(epoch)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(lr), epoch

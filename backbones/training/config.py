@@ -31,7 +31,8 @@ DEFAULTS = dict(
     lr=None, lr_base=5e-4, lr_base_size=512, layer_decay=None, backbone_lr_scale=None,
     weight_decay_all=False,
     sched="cosine", epochs=300, warmup_epochs=5, warmup_lr=1e-6, min_lr=1e-5,
-    cooldown_epochs=0, sched_on_updates=True,
+    cooldown_epochs=0, sched_on_updates=True, decay_epochs=90, decay_milestones=(90, 180, 270),
+    decay_rate=0.1,
     clip_grad=None, clip_mode="norm", grad_accum_steps=1,
     # augmentation and regularisation
     aa=None, color_jitter=0.4, hflip=0.5, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
@@ -91,6 +92,8 @@ _VALUE_FLAGS = {
     "epochs": (int, "epochs before cool-down"), "warmup_epochs": (int, "linear warm-up epochs"),
     "warmup_lr": (float, "warm-up start lr"), "min_lr": (float, "final lr"),
     "cooldown_epochs": (int, "epochs at min_lr after the schedule"),
+    "decay_epochs": (float, "step schedule: multiply the lr by --decay-rate every N epochs"),
+    "decay_rate": (float, "step / multistep schedules: the factor at each decay"),
     "clip_grad": (float, "clip gradients at this norm (or value, --clip-mode value)"),
     "clip_mode": (str, "norm, value or agc"),
     "grad_accum_steps": (int, "accumulate gradients over this many steps"),

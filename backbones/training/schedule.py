@@ -1,7 +1,8 @@
 """Every learning-rate schedule, each a function of the resolved config.
 
 Classification: timm's schedulers (``sched``, ``epochs``, ``warmup_epochs``, ``warmup_lr``,
-``min_lr``, ``cooldown_epochs``, ``sched_on_updates``), driven as timm's train.py drives them by
+``min_lr``, ``cooldown_epochs``, ``sched_on_updates``; ``decay_epochs`` / ``decay_milestones`` /
+``decay_rate`` for the step schedules), driven as timm's train.py drives them by
 ``TimmSchedulerHook``. Detection: mmdet's step schedule by epochs (linear warm-up over
 ``warmup_iters``, then x ``gamma`` at each of ``lr_steps``). Segmentation: mmseg's schedule by
 iterations (warm-up, then ``poly`` or ``cosine`` decay to ``min_lr``). The dense schedules are
@@ -26,6 +27,8 @@ def create_timm_scheduler(cfg, optimizer, steps_per_epoch, phases=None):
     return create_scheduler_v2(
         optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
         warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, cooldown_epochs=cfg.cooldown_epochs,
+        decay_epochs=cfg.decay_epochs, decay_milestones=list(cfg.decay_milestones),
+        decay_rate=cfg.decay_rate,
         step_on_epochs=not cfg.sched_on_updates, updates_per_epoch=updates_per_epoch)
 
 
