@@ -151,6 +151,44 @@ def test_upernet_forward_matches_a_step_by_step_computation():
 
 # ----------------------------------------------------------------------------- segmentor
 
+def test_deeplabv3_equals_torchvisions_deeplabv3_with_the_same_weights():
+    """head='deeplabv3' at output stride 8 is torchvision's deeplabv3_resnet50 (dilated layer3 /
+    layer4, ASPP 12/24/36): its weights load key for key and the logits agree exactly, at an odd
+    non-square size (no padding: dilated CNNs take any size)."""
+    import torchvision
+    torch.manual_seed(0)
+    reference = torchvision.models.segmentation.deeplabv3_resnet50(
+        weights=None, weights_backbone=None, num_classes=21, aux_loss=False).eval()
+    ours = build_segmentor("resnet50", 21, head="deeplabv3", output_stride=8).eval()
+    renamed = {("backbone.body." + k[len("backbone."):]) if k.startswith("backbone.")
+               else "decode_head." + k[len("classifier."):]: v
+               for k, v in reference.state_dict().items()}
+    own = {k for k in ours.state_dict() if not k.startswith("image_")}
+    assert own == set(renamed)
+    ours.load_state_dict(renamed, strict=False)
+    images = torch.rand(1, 3, 97, 129)
+    normalised = (images - ours.image_mean) / ours.image_std
+    with torch.no_grad():
+        torch.testing.assert_close(ours(images), reference(normalised)["out"], rtol=0, atol=0)
+
+
+def test_deeplabv3_output_stride_and_its_errors():
+    seg = build_segmentor("ela_resnet18_b_224", 21, head="deeplabv3")  # 16 by default
+    assert seg.backbone.strides[-1] == 16
+    assert [seg.decode_head[0].convs[i][0].dilation for i in (1, 2, 3)] == [(6, 6), (12, 12),
+                                                                           (18, 18)]
+    assert seg(torch.rand(2, 3, 65, 81)).shape == (2, 21, 65, 81)
+    with pytest.raises(ValueError, match="at least 2 images per process"):
+        seg(torch.rand(1, 3, 65, 81))
+    assert seg.eval()(torch.rand(1, 3, 65, 81)).shape == (1, 21, 65, 81)
+    with pytest.raises(ValueError, match="cannot be dilated"):
+        build_segmentor("cswin_tiny_224", 21, head="deeplabv3", **SMALL)
+    with pytest.raises(ValueError, match="DeepLabV3 setting"):
+        build_segmentor("resnet18", 21, head="upernet", output_stride=16)
+    with pytest.raises(ValueError, match="output_stride 16 or 8"):
+        build_segmentor("resnet18", 21, head="deeplabv3", output_stride=32)
+
+
 def test_slide_windows_follow_mmseg():
     assert slide_windows((512, 683), (512, 512), (341, 341)) == [(0, 512, 0, 512),
                                                                  (0, 512, 171, 683)]

@@ -6,12 +6,13 @@ import random
 
 import numpy as np
 import pytest
+import timm
 import torch
 from PIL import Image
 
 from backbones.dense import IoUMetric, build_detector, build_segmentor
 from backbones.dense.data import (
-    ADE20KSegmentation, CocoDetection, coco_evaluate, detection_collate)
+    ADE20KSegmentation, CocoDetection, VOCSegmentation, coco_evaluate, detection_collate)
 from backbones.training.data import DataError
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -54,7 +55,25 @@ def photos(tmp_path_factory):
         for split in ("training", "validation"):
             image.convert("RGB").save(root / "ade" / "images" / split / f"{stem}.jpg")
             Image.fromarray(label).save(root / "ade" / "annotations" / split / f"{stem}.png")
+        _save_voc(root / "voc" / "VOCdevkit" / "VOC2012", stem, image, label)
     return root
+
+
+def _save_voc(root, stem, image, label):
+    """Pascal VOC 2012 layout: the photo, its labels as a palette PNG with VOC's 255 band along
+    the object borders, and the stem in both split lists."""
+    from scipy import ndimage
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    image.convert("RGB").save(root / "JPEGImages" / f"{stem}.jpg")
+    border = ndimage.binary_dilation(label > 0) & ~ndimage.binary_erosion(label > 0)
+    voc = np.where(border, 255, label).astype(np.uint8)
+    png = Image.fromarray(voc, mode="P")
+    png.putpalette([v for i in range(256) for v in ((i * 37) % 256, (i * 91) % 256, i)])
+    png.save(root / "SegmentationClass" / f"{stem}.png")
+    for split in ("train", "val"):
+        with open(root / "ImageSets" / "Segmentation" / f"{split}.txt", "a") as f:
+            f.write(stem + "\n")
 
 
 # ----------------------------------------------------------------------------- COCO
@@ -216,6 +235,51 @@ def test_ade_bad_inputs(photos, tmp_path):
         ADE20KSegmentation(str(root), "training", num_classes=6)[0]
 
 
+# ----------------------------------------------------------------------------- Pascal VOC
+
+def test_voc_dataset_reads_palette_labels_pads_and_crops(photos):
+    val = VOCSegmentation(str(photos / "voc"), "val")  # finds VOCdevkit/VOC2012 inside
+    assert len(val) == 4
+    image, label = val[1]  # coffee, 150x100, whole image at its size
+    assert image.shape == (3, 100, 150) and label.shape == (100, 150)
+    assert set(label.unique().tolist()) == {0, 3, 4, 255}  # background, cup, spoon, borders
+    random.seed(0)
+    train = VOCSegmentation(str(photos / "voc"), "train", train=True, crop_size=(48, 64))
+    for i in range(len(train)):
+        image, label = train[i]
+        assert image.shape == (3, 48, 64) and label.shape == (48, 64)
+    # a crop larger than the image: padded on every side, image 0, label pad_label
+    for pad_label in (255, 0):
+        big = VOCSegmentation(str(photos / "voc"), "train", train=True, crop_size=(200, 200),
+                              ratio_range=(1.0, 1.0), pad_label=pad_label)
+        image, label = big[1]
+        assert image.shape == (3, 200, 200)
+        assert label[0, 0] == pad_label and label[-1, -1] == pad_label
+        assert (image[:, 0, 0] == 0).all() and (image[:, -1, -1] == 0).all()
+        assert (label == 3).any()  # the cup survived
+
+
+def test_voc_bad_inputs(photos, tmp_path):
+    with pytest.raises(DataError, match="JPEGImages"):
+        VOCSegmentation(str(tmp_path), "train")
+    root = tmp_path / "VOC2012"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClass").mkdir()
+    with pytest.raises(DataError, match="train.txt does not exist"):
+        VOCSegmentation(str(root), "train")
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("a\n")
+    with pytest.raises(DataError, match="are missing"):
+        VOCSegmentation(str(root), "train")
+    Image.new("RGB", (8, 8)).save(root / "JPEGImages" / "a.jpg")
+    Image.new("RGB", (8, 8)).save(root / "SegmentationClass" / "a.png")
+    with pytest.raises(DataError, match="palette images, not RGB renderings"):
+        VOCSegmentation(str(root), "train")[0]
+    Image.new("L", (8, 8), color=21).save(root / "SegmentationClass" / "a.png")
+    with pytest.raises(DataError, match="num_classes=21"):
+        VOCSegmentation(str(root), "train")[0]
+
+
 @pytest.mark.slow
 def test_upernet_trains_on_the_photos_and_reports_miou(photos):
     torch.manual_seed(0)
@@ -312,6 +376,38 @@ def test_train_seg_tool_runs_the_recipe_on_the_photos(photos, tmp_path):
     assert os.path.isfile(tmp_path / "seg" / "iter_4.pth")
 
 
+@pytest.mark.slow
+def test_train_seg_tool_runs_the_voc_deeplabv3_recipe_on_the_photos(photos, tmp_path):
+    """ELA's DeepLabV3 recipe end to end on the VOC-layout photos: the dilated ELA ResNet-18,
+    SGD with the backbone at 0.1 x lr, BatchNorm momentum 0.01, weight decay on every parameter,
+    two steps, then mIoU on the val list."""
+    runner = _train("segmentation", [
+        "configs/voc/ela_resnet18_b_224_deeplabv3_60k.py", "--data-dir", str(photos / "voc"),
+        "--max-iters", "2", "--val-interval", "2", "--batch-size", "2", "--workers", "0",
+        "--output", str(tmp_path), "--experiment", "voc", "--log-interval", "1",
+        "--cfg-options", "crop_size=[65,65]", "pretrained=False"])
+    net = runner.model.net
+    assert net.backbone.strides[-1] == 16 and type(net.decode_head).__name__ == "DeepLabV3Head"
+    assert net.decode_head[0].convs[1][0].dilation == (6, 6)  # ASPP rates of output stride 16
+    blocks = [m for m in net.backbone.modules() if type(m).__name__ == "ElaBasicBlock"]
+    assert blocks and all(b.ela.version == "s" and b.ela_residual for b in blocks)
+    bns = [m for m in net.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(m.momentum == 0.01 for m in bns)
+    assert [m.momentum for m in net.decode_head.modules()
+            if isinstance(m, torch.nn.BatchNorm2d)][0] == 0.1
+    optimizer = runner.optim_wrapper.optimizer
+    assert isinstance(optimizer, torch.optim.SGD)
+    backbone_ids = {id(p) for p in net.backbone.parameters()}
+    for group in optimizer.param_groups:
+        in_backbone = {id(p) in backbone_ids for p in group["params"]}
+        assert len(in_backbone) == 1 and group["weight_decay"] == 5e-4
+        assert group["initial_lr"] == pytest.approx(0.0025 if in_backbone.pop() else 0.025)
+    metrics = runner.val()
+    assert set(metrics) == {"seg/mIoU", "seg/mAcc", "seg/aAcc"}
+    assert 0.0 <= metrics["seg/mIoU"] <= 100.0
+    assert os.path.isfile(tmp_path / "voc" / "iter_2.pth")
+
+
 DET_FLAGS = ["--cfg-options", "train_images=coco", "val_images=coco",
              "train_ann=coco/instances.json", "val_ann=coco/instances.json", "min_size=[96]",
              "max_size=128", "pretrained=False", "amp=False", "warmup_iters=2", "drop_path=0.1"]
@@ -379,7 +475,7 @@ def test_dense_tools_reject_bad_setups(photos, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("config", sorted(
-    os.path.join(folder, f) for folder in ("configs/coco", "configs/ade20k")
+    os.path.join(folder, f) for folder in ("configs/coco", "configs/ade20k", "configs/voc")
     for f in (os.listdir(os.path.join(os.path.dirname(os.path.dirname(__file__)), folder))
               if os.path.isdir(os.path.join(os.path.dirname(os.path.dirname(__file__)), folder))
               else []) if f.endswith(".py")))
@@ -388,7 +484,9 @@ def test_every_transfer_recipe_resolves_and_names_its_paper_result(config):
     from backbones.dense.config import build_parser, resolve_config
     task = "detection" if "coco" in config else "segmentation"
     cfg = resolve_config(build_parser(task).parse_args([config, "--data-dir", "/data"]), task)
-    assert cfg.model in backbones.list_zoo_models()
+    # a zoo model, or a timm model as the plain baseline of a zoo recipe beside it
+    assert cfg.model.split(".")[0] in backbones.list_zoo_models() or \
+        ("voc" in config and timm.is_model(cfg.model))
     assert cfg.paper and any(ch.isdigit() for ch in cfg.paper)
     assert cfg.drop_path is not None and cfg.pretrained
 

@@ -12,6 +12,13 @@ ADE20K: ``images/{training,validation}/*.jpg`` with ``annotations/{training,vali
 largest class covers at most 75 % (10 tries), flip, photometric distortion, padding to 512 with
 label 255. Evaluation: the
 image rescaled to fit (2048, 512), logits resized back to the original label size.
+
+Pascal VOC 2012: ``JPEGImages/*.jpg``, class-id PNGs in ``SegmentationClass`` (palette PNGs, 0 =
+background, 1..20 the objects, 255 the ignored object borders; ``SegmentationClassAug`` for the
+10,582-image SBD-augmented set) and the split lists ``ImageSets/Segmentation/<split>.txt``. The
+pipeline is the DeepLab one of the ELA code (a fork of VainF/DeepLabV3Plus-Pytorch): training
+rescales by a factor drawn from 0.5-2.0, pads what is smaller than the 513 crop on every side,
+crops at random and flips (p 0.5); evaluation takes the whole image at its size.
 """
 import json
 import os
@@ -24,7 +31,7 @@ from PIL import Image
 
 from ..training.data import DataError
 
-__all__ = ["CocoDetection", "ADE20KSegmentation", "coco_evaluate", "detection_collate",
+__all__ = ["CocoDetection", "ADE20KSegmentation", "VOCSegmentation", "coco_evaluate", "detection_collate",
            "summarize_coco", "to_coco_results"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
@@ -289,4 +296,99 @@ class ADE20KSegmentation(torch.utils.data.Dataset):
             canvas[:, :image.shape[1], :image.shape[2]] = image
             image = canvas
             label = F.pad(label, (0, max(pad_w, 0), 0, max(pad_h, 0)), value=self.ignore_index)
+        return image, label
+
+
+class VOCSegmentation(torch.utils.data.Dataset):
+    """Pascal VOC 2012 semantic segmentation: items are ``(image (3, H, W) float in [0, 1], label
+    (H, W) int64)`` with labels 0..20 and 255 (ignored).
+
+    Args:
+        root: the ``VOC2012`` folder (``JPEGImages``, ``SegmentationClass``, ``ImageSets``), or a
+            folder holding ``VOCdevkit/VOC2012``.
+        split: a list in ``ImageSets/Segmentation``: ``train`` (1,464 images), ``val`` (1,449),
+            ``trainval``, or ``train_aug`` with ``label_dir='SegmentationClassAug'``.
+        label_dir: the folder of class-id PNGs.
+        train: random rescale by ``ratio_range``, pad to ``crop_size``, random crop, flip;
+            otherwise the whole image.
+        pad_label: the label of padded pixels. 255 (ignored) by default; the ELA / VainF DeepLab
+            code pads labels with 0, i.e. counts the padding as background (its recipe says so).
+    """
+
+    def __init__(self, root, split="train", train=False, crop_size=(513, 513),
+                 ratio_range=(0.5, 2.0), label_dir="SegmentationClass", num_classes=21,
+                 ignore_index=255, pad_label=255):
+        nested = os.path.join(root, "VOCdevkit", "VOC2012")
+        root = nested if os.path.isdir(nested) else root
+        list_file = os.path.join(root, "ImageSets", "Segmentation", f"{split}.txt")
+        image_dir, label_dir = os.path.join(root, "JPEGImages"), os.path.join(root, label_dir)
+        for path in (image_dir, label_dir):
+            if not os.path.isdir(path):
+                raise DataError(f"{path} does not exist; Pascal VOC 2012 is laid out as "
+                                "<root>/JPEGImages/*.jpg, <root>/SegmentationClass/*.png and "
+                                "<root>/ImageSets/Segmentation/{train,val}.txt")
+        if not os.path.isfile(list_file):
+            lists = os.listdir(os.path.dirname(list_file)) \
+                if os.path.isdir(os.path.dirname(list_file)) else []
+            raise DataError(f"split list {list_file} does not exist (found: {sorted(lists)}); "
+                            "train_aug needs the SBD lists and SegmentationClassAug")
+        with open(list_file) as f:
+            stems = [line.split()[0] for line in f if line.strip()]
+        if not stems:
+            raise DataError(f"{list_file} lists no images")
+        self.items = [(os.path.join(image_dir, s + ".jpg"), os.path.join(label_dir, s + ".png"))
+                      for s in stems]
+        missing = [p for item in self.items for p in item if not os.path.isfile(p)]
+        if missing:
+            raise DataError(f"{len(missing)} files of {list_file} are missing, e.g. {missing[:3]}")
+        self.train, self.crop_size, self.ratio_range = train, tuple(crop_size), ratio_range
+        self.num_classes, self.ignore_index, self.pad_label = num_classes, ignore_index, pad_label
+
+    def __len__(self):
+        return len(self.items)
+
+    def _load(self, index):
+        image_path, label_path = self.items[index]
+        try:
+            image = Image.open(image_path).convert("RGB")
+            # palette PNGs: np.array gives the palette indices, i.e. the class ids
+            label = np.array(Image.open(label_path), dtype=np.int64)
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read {image_path} / {label_path} ({e})") from e
+        if label.ndim != 2:
+            raise DataError(f"{label_path} must be a single-channel (palette or grey) class-id "
+                            f"PNG, got shape {label.shape}; SegmentationClass PNGs are palette "
+                            "images, not RGB renderings")
+        if label.shape != (image.height, image.width):
+            raise DataError(f"{label_path} is {label.shape[::-1]} but its image is {image.size}")
+        label = torch.from_numpy(label)
+        bad = (label != self.ignore_index) & (label >= self.num_classes)
+        if bad.any():
+            raise DataError(f"{label_path} has class ids {label[bad].unique().tolist()[:8]} >= "
+                            f"num_classes={self.num_classes}")
+        return _to_tensor(image), label
+
+    def __getitem__(self, index):
+        image, label = self._load(index)
+        if not self.train:
+            return image, label
+        h, w = image.shape[1:]
+        scale = random.uniform(*self.ratio_range)
+        size = (int(h * scale), int(w * scale))
+        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False,
+                              antialias=scale < 1)[0]
+        label = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
+        ch, cw = self.crop_size
+        # pad every side by half the shortfall, the width first, then the height (the DeepLab
+        # code's order: padding for the width also grows the height)
+        for axis, target in ((2, cw), (1, ch)):
+            if image.shape[axis] < target:
+                p = (1 + target - image.shape[axis]) // 2
+                image = F.pad(image, (p, p, p, p), value=0.)
+                label = F.pad(label, (p, p, p, p), value=self.pad_label)
+        y = random.randint(0, image.shape[1] - ch)
+        x = random.randint(0, image.shape[2] - cw)
+        image, label = image[:, y:y + ch, x:x + cw], label[y:y + ch, x:x + cw]
+        if random.random() < 0.5:
+            image, label = image.flip(-1), label.flip(-1)
         return image, label

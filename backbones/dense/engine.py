@@ -13,14 +13,16 @@ from ..training import data, runtime
 from ..training.checkpoint import read_state_dict
 from ..training.hooks import ReseedHook
 from ..training.schedule import detection_schedule, segmentation_schedule
+from .config import SEGMENTATION_DATASETS
 from .data import (
-    ADE20KSegmentation, CocoDetection, detection_collate, summarize_coco, to_coco_results)
+    ADE20KSegmentation, CocoDetection, VOCSegmentation, detection_collate, summarize_coco,
+    to_coco_results)
 from .detection import build_detector
 from .metrics import intersect_and_union, iou_scores
 from .segmentation import build_segmentor
 
-__all__ = ["CocoMetric", "SegIoUMetric", "ZooDetector", "ZooSegmentationModel", "build_runner",
-           "param_groups", "train"]
+__all__ = ["CocoMetric", "SegIoUMetric", "ZooDetector", "ZooSegmentationModel", "build_optimizer",
+           "build_runner", "param_groups", "train"]
 
 
 class _ListPreprocessor(BaseDataPreprocessor):
@@ -117,16 +119,35 @@ class SegIoUMetric(BaseMetric):
         return {k: scores[k] for k in ("mIoU", "mAcc", "aAcc")}
 
 
-def param_groups(net, weight_decay, no_decay_keys):
-    """Two AdamW groups: decayed weights, and (mmdet / mmseg ``paramwise_cfg``) biases, norms,
-    position embeddings and relative-position tables without decay."""
-    decay, no_decay = [], []
+def param_groups(net, weight_decay, no_decay_keys, backbone_lr_mult=1.0, decay_all=False):
+    """Optimizer groups: decayed weights, and (mmdet / mmseg ``paramwise_cfg``) biases, norms,
+    position embeddings and relative-position tables without decay (``decay_all``: every
+    parameter decays, as the DeepLab code's SGD does); with ``backbone_lr_mult`` != 1 each is
+    split again into backbone and heads, the backbone's carrying ``lr_mult`` (the optimizer's lr
+    times it)."""
+    groups = {}
     for name, p in net.named_parameters():
         if not p.requires_grad:
             continue
-        skip = p.ndim <= 1 or name.endswith(".bias") or any(k in name for k in no_decay_keys)
-        (no_decay if skip else decay).append(p)
-    return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.)]
+        skip = not decay_all and (p.ndim <= 1 or name.endswith(".bias")
+                                  or any(k in name for k in no_decay_keys))
+        in_backbone = backbone_lr_mult != 1.0 and name.startswith("backbone.")
+        groups.setdefault((skip, in_backbone), []).append(p)
+    return [dict(params=params, weight_decay=0. if skip else weight_decay,
+                 **(dict(lr_mult=backbone_lr_mult) if in_backbone else {}))
+            for (skip, in_backbone), params in sorted(groups.items())]
+
+
+def build_optimizer(net, cfg):
+    """AdamW (``opt='adamw'``, the transformer recipes) or SGD with momentum (``opt='sgd'``, the
+    DeepLab recipes) over :func:`param_groups`."""
+    groups = param_groups(net, cfg.weight_decay, cfg.no_decay_keys, cfg.backbone_lr_mult,
+                          cfg.weight_decay_all)
+    for group in groups:
+        group["lr"] = cfg.lr * group.pop("lr_mult", 1.0)
+    if cfg.opt == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.opt_betas))
 
 
 def _datasets(cfg):
@@ -138,7 +159,13 @@ def _datasets(cfg):
         val = CocoDetection(os.path.join(root, cfg.val_images), os.path.join(root, cfg.val_ann),
                             masks=masks, num_classes=cfg.num_classes)
         return train, val, len(train.cat_ids)
-    num_classes = cfg.num_classes or 150
+    num_classes = cfg.num_classes or SEGMENTATION_DATASETS[cfg.dataset]
+    if cfg.dataset == "voc":
+        common = dict(num_classes=num_classes, label_dir=cfg.label_dir)
+        return (VOCSegmentation(root, cfg.train_split, train=True, crop_size=tuple(cfg.crop_size),
+                                ratio_range=tuple(cfg.ratio_range), pad_label=cfg.pad_label,
+                                **common),
+                VOCSegmentation(root, cfg.val_split, **common), num_classes)
     common = dict(scale=tuple(cfg.scale), reduce_zero_label=cfg.reduce_zero_label,
                   num_classes=num_classes)
     return (ADE20KSegmentation(root, cfg.train_split, train=True, crop_size=tuple(cfg.crop_size),
@@ -156,7 +183,11 @@ def _build_net(cfg, num_classes):
                               min_size=tuple(cfg.min_size), max_size=cfg.max_size,
                               **backbone_kwargs)
     net = build_segmentor(cfg.model, num_classes, head=cfg.head, pretrained=cfg.pretrained,
-                          **backbone_kwargs)
+                          output_stride=cfg.output_stride, **backbone_kwargs)
+    if cfg.backbone_bn_momentum is not None:
+        for m in net.backbone.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.momentum = cfg.backbone_bn_momentum
     net.test_mode, net.crop_size, net.stride = (cfg.test_mode, tuple(cfg.crop_size),
                                                 tuple(cfg.slide_stride))
     return net
@@ -181,8 +212,9 @@ def build_runner(cfg):
     torch.manual_seed(cfg.seed)
     train_set, val_set, num_classes = _datasets(cfg)
     net = _build_net(cfg, num_classes)
-    if cfg.task == "segmentation":  # padded crop pixels normalise to 0, as mmseg pads
-        train_set.pad_value = net.image_mean.view(3, 1, 1).clone()
+    if cfg.task == "segmentation":
+        if cfg.dataset == "ade20k":  # padded crop pixels normalise to 0, as mmseg pads
+            train_set.pad_value = net.image_mean.view(3, 1, 1).clone()
         if world_size > 1 and device.type == "cuda":  # mmseg's heads use SyncBN
             net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     elif cfg.detector == "cascade_mask_rcnn" and world_size > 1 and device.type == "cuda":
@@ -192,8 +224,7 @@ def build_runner(cfg):
         _load_initial_checkpoint(net, cfg.initial_checkpoint)
     model = ZooDetector(net) if cfg.task == "detection" else ZooSegmentationModel(net)
 
-    optimizer = torch.optim.AdamW(param_groups(net, cfg.weight_decay, cfg.no_decay_keys),
-                                  lr=cfg.lr, betas=tuple(cfg.opt_betas))
+    optimizer = build_optimizer(net, cfg)
     optim_wrapper = runtime.build_optim_wrapper(
         optimizer, device, cfg.amp, cfg.amp_dtype,
         clip_grad=dict(max_norm=cfg.clip_grad) if cfg.clip_grad else None)

@@ -1,4 +1,4 @@
-"""Semantic segmentation over a :class:`DenseBackbone`: UperNet and Semantic FPN.
+"""Semantic segmentation over a :class:`DenseBackbone`: UperNet, Semantic FPN and DeepLabV3.
 
 The heads keep mmsegmentation's parameter layout (``decode_head.psp_modules.0.1.conv.weight``,
 ``neck.lateral_convs.0.conv.bias``, ``auxiliary_head.convs.0.bn.running_var``, ...) so released
@@ -6,16 +6,19 @@ ADE20K checkpoints load with :func:`load_mmseg_checkpoint`, and they compute wha
 ``UPerHead``, ``FCNHead``, ``FPN`` neck and ``FPNHead`` compute (bilinear resizes with
 ``align_corners=False``, nearest top-down in the FPN neck, BN in place of SyncBN on one process).
 Inference follows mmseg's ``EncoderDecoder``: whole-image or sliding-window (overlapping crops
-averaged), logits resized to the input size.
+averaged), logits resized to the input size. DeepLabV3 is torchvision's head (ASPP + 3x3 conv +
+classifier) on the last map of a dilated backbone (``output_stride`` 16 or 8, atrous rates
+6/12/18 or 12/24/36 as in the DeepLab papers).
 """
 import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
 from .adapter import DenseBackbone
 
-__all__ = ["ConvNormAct", "UPerHead", "FCNHead", "FPNNeck", "FPNHead", "Segmentor",
+__all__ = ["ConvNormAct", "UPerHead", "FCNHead", "FPNNeck", "FPNHead", "DeepLabV3Head", "Segmentor",
            "build_segmentor", "load_mmseg_checkpoint", "slide_windows"]
 
 
@@ -148,6 +151,30 @@ class FPNHead(_DecodeHead):
         return self.cls_seg(out)
 
 
+# DeepLabV3 (Chen et al. 2017, section 3.3): the ASPP rates for each output stride
+ASPP_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
+
+
+class DeepLabV3Head(DeepLabHead):
+    """torchvision's ``DeepLabHead`` (ASPP with image pooling, 3x3 conv + BN + ReLU, 1x1
+    classifier; key layout ``0.convs.*``, ``1.weight``, ...) on the last backbone map, with the
+    atrous rates of the backbone's ``output_stride``."""
+
+    def __init__(self, in_channels, num_classes, output_stride=16):
+        if output_stride not in ASPP_RATES:
+            raise ValueError(f"DeepLabV3 takes output_stride 16 or 8, got {output_stride}")
+        super().__init__(in_channels, num_classes, atrous_rates=ASPP_RATES[output_stride])
+        self.num_classes = num_classes
+
+    def forward(self, feats):
+        x = feats[-1]
+        if self.training and x.shape[0] < 2:
+            raise ValueError("DeepLabV3 trains with at least 2 images per process: the ASPP's "
+                             "image-pooling branch batch-normalises one value per channel and "
+                             "image; raise --batch-size, or call eval() for inference")
+        return super().forward(x)
+
+
 def slide_windows(size, crop_size, stride):
     """mmseg's sliding-window grid: ``[(y1, y2, x1, x2)]`` crops of ``crop_size`` every ``stride``,
     the last one of each axis shifted back inside the image."""
@@ -232,12 +259,33 @@ class Segmentor(nn.Module):
 
 
 def build_segmentor(model_name, num_classes, head="upernet", pretrained=False,
-                    auxiliary=True, channels=None, **backbone_kwargs):
-    """A UperNet (``head='upernet'``, 512 channels + FCN auxiliary head on stage 3) or Semantic
-    FPN (``head='semantic_fpn'``, FPN 256 + head 128) segmentor over ``DenseBackbone(model_name,
-    task='segmentation')``."""
+                    auxiliary=True, channels=None, output_stride=None, **backbone_kwargs):
+    """A segmentor over ``DenseBackbone(model_name, task='segmentation')``:
+
+    * ``head='upernet'``: UperNet, 512 channels, FCN auxiliary head on stage 3;
+    * ``head='semantic_fpn'``: FPN 256 + Semantic FPN head 128;
+    * ``head='deeplabv3'``: DeepLabV3 on the last map of the backbone dilated to
+      ``output_stride`` (default 16; timm's ``output_stride`` argument: ResNets, MobileNets and
+      the other timm CNNs that support it), no auxiliary head (as the DeepLab code trains it).
+    """
     backbone_kwargs.setdefault("task", "segmentation")
-    backbone = DenseBackbone(model_name, pretrained=pretrained, **backbone_kwargs)
+    if head == "deeplabv3":
+        output_stride = output_stride or 16
+        backbone_kwargs["output_stride"] = output_stride
+        # dilated CNNs take any size; padding would change the maps near the borders, which the
+        # DeepLab code (torchvision's, VainF's) does not do
+        backbone_kwargs.setdefault("size_divisor", 1)
+    elif output_stride is not None:
+        raise ValueError(f"output_stride is a DeepLabV3 setting; head {head!r} takes the "
+                         "backbone's strides as they are")
+    try:
+        backbone = DenseBackbone(model_name, pretrained=pretrained, **backbone_kwargs)
+    except TypeError as e:
+        if "output_stride" not in str(e):
+            raise
+        raise ValueError(f"{model_name} cannot be dilated (no output_stride argument), so it "
+                         "cannot be a DeepLabV3 backbone; use a CNN that takes output_stride "
+                         "(timm ResNets, MobileNets, the ELA / ULSAM hosts) or head='upernet'") from e
     in_channels = backbone.channels
     cfg = timm.get_pretrained_cfg(model_name.split(".")[0])
     norm = dict(image_mean=tuple(cfg.mean), image_std=tuple(cfg.std)) if cfg is not None else {}
@@ -250,7 +298,13 @@ def build_segmentor(model_name, num_classes, head="upernet", pretrained=False,
         decode = FPNHead([256] * len(in_channels), num_classes,
                          feature_strides=tuple(backbone.strides), channels=channels or 128)
         return Segmentor(backbone, decode, neck=neck, **norm)
-    raise ValueError(f"head must be 'upernet' or 'semantic_fpn', got {head!r}")
+    if head == "deeplabv3":
+        if backbone.strides[-1] != output_stride:
+            raise ValueError(f"{model_name} ignored output_stride={output_stride}: its last map "
+                             f"has stride {backbone.strides[-1]}")
+        return Segmentor(backbone, DeepLabV3Head(in_channels[-1], num_classes, output_stride),
+                         **norm)
+    raise ValueError(f"head must be 'upernet', 'semantic_fpn' or 'deeplabv3', got {head!r}")
 
 
 def load_mmseg_checkpoint(segmentor, checkpoint, strict=True):
