@@ -69,6 +69,10 @@ class Family:
         no_grad_params: ``fnmatch`` patterns of parameters that get no gradient from the
             classification loss by design (timm's backward checks expect every parameter to);
             ``no_grad_reason`` says why.
+        query_attention: ``(model, x, (qx, qy)) -> [QueryAttention]``: per attention layer, what
+            the attention of input pixel ``(qx, qy)`` of the image ``x`` ``(1, C, H, W)`` reaches
+            and how much it weighs each pixel (``backbones.query_attention``; ``zoo-visualize``
+            draws it); None: the family has nothing to draw.
     """
     name: str
     model_cls: type
@@ -90,6 +94,7 @@ class Family:
     mac_breakdown: Optional[Callable] = None
     no_grad_params: Tuple[str, ...] = ()
     no_grad_reason: Optional[str] = None
+    query_attention: Optional[Callable] = None
     module: str = ""
 
     def __post_init__(self):
@@ -98,6 +103,8 @@ class Family:
         for fn in ("checkpoint_filter_fn", "create_from_official"):
             if not callable(getattr(self, fn)):
                 raise TypeError(f"family {self.name!r}: {fn} must be callable")
+        if self.query_attention is not None and not callable(self.query_attention):
+            raise TypeError(f"family {self.name!r}: query_attention must be callable or None")
         params = inspect.signature(self.create_from_official).parameters
         if list(params)[:2] != ["kwargs", "official_class"]:
             raise TypeError(f"family {self.name!r}: create_from_official must take "

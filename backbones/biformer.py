@@ -44,6 +44,7 @@ from .layers import (DeviceLike, Stage, StagedBackboneMixin, calculate_drop_path
                      factory_context, notrace_function)
 from ._family import Family, PaperResult, register_family
 from ._registry import register_zoo_model
+from .query_attention import biformer_query_attention
 
 __all__ = ["BiFormer", "BiLevelRoutingAttention", "GlobalAttention", "RegionRouter",
            "checkpoint_filter_fn", "create_from_official"]
@@ -754,6 +755,7 @@ FAMILY = register_family(Family(
     torchscript=("the attention runs through ops.routed_attention_2d / ops.window_attention_2d, "
                  "which pick the Triton or reference path in Python and take keyword-only "
                  "arguments: TorchScript compiles neither; torch.export is the supported path"),
+    query_attention=biformer_query_attention,
 ))
 
 

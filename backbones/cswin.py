@@ -32,6 +32,7 @@ from ._family import Family, PaperResult, register_family
 from ._helpers import unwrap_checkpoint
 from ._registry import register_zoo_model
 from .layers import DeviceLike, Stage, StagedBackboneMixin, calculate_drop_path_rates, factory_context
+from .query_attention import cswin_query_attention
 
 __all__ = ["CSWinTransformer", "checkpoint_filter_fn", "create_from_official"]
 
@@ -392,6 +393,7 @@ FAMILY = register_family(Family(
         "detection": dict(feature_norms=True),
         "segmentation": dict(feature_norms=True),
     },
+    query_attention=cswin_query_attention,
 ))
 
 

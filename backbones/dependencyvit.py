@@ -54,6 +54,7 @@ from ._helpers import check_image_input, unwrap_checkpoint
 from ._registry import register_zoo_model
 from .dependency_tree import DependencyOutput
 from .layers import DeviceLike, calculate_drop_path_rates, factory_context, notrace_function
+from .query_attention import dependencyvit_query_attention
 
 __all__ = ["DependencyViT", "ReversedAttention", "DependencyBlock", "TokenPruner",
            "checkpoint_filter_fn", "create_from_official", "kept_token_counts"]
@@ -761,6 +762,7 @@ FAMILY = register_family(Family(
     fx=("blocks pass (tokens, message weight, token index) along, so timm's feature_cls='fx' "
         "cannot return a block's map; whole-model FX tracing works, and features_only uses the "
         "default getter"),
+    query_attention=dependencyvit_query_attention,
 ))
 
 

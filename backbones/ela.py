@@ -60,6 +60,7 @@ from ._registry import register_zoo_model
 from .layers import DeviceLike
 from .layers.attn_hosts import (CheckedHostMixin, fill_new_layers, mobilenetv2_block_args,
                                 official_mobilenetv2_key)
+from .query_attention import ela_query_attention
 
 __all__ = ["ELA", "ELA_VERSIONS", "ElaBasicBlock", "ElaBottleneck", "ElaHost", "ElaMobileNetV2",
            "ElaResNet", "checkpoint_filter_fn", "create_from_official", "ela_layer"]
@@ -431,6 +432,7 @@ FAMILY = register_family(Family(
     official_entrypoints={"ela_mobilenetv2_100_l_224": "MbV2/models/mbv2_ela72.py:mbv2_ela72"},
     # mbv2_ela72(**kwargs) passes everything to MBV2_ELA72, which takes no `pretrained`
     official_builder=_official_builder,
+    query_attention=ela_query_attention,
 ))
 
 

@@ -46,6 +46,7 @@ from ._family import Family, PaperResult, register_family
 from ._registry import register_zoo_model
 from .layers import (DeviceLike, Stage, StagedBackboneMixin, calculate_drop_path_rates,
                      factory_context, notrace_function)
+from .query_attention import litv2_query_attention
 
 __all__ = ["LITv2", "HiLoAttention", "DeformableTokenMerging", "checkpoint_filter_fn",
            "create_from_official", "hilo_head_split"]
@@ -658,6 +659,7 @@ FAMILY = register_family(Family(
     torchscript="HiLo's attention runs through ops.window_attention_2d, whose keyword-only "
                 "arguments and Python backend dispatch TorchScript cannot compile (torch.export "
                 "is the supported path).",
+    query_attention=litv2_query_attention,
 ))
 
 

@@ -47,6 +47,7 @@ from .layers import (DeviceLike, Stage, StagedBackboneMixin, calculate_drop_path
                      factory_context)
 from ._family import Family, PaperResult, register_family
 from ._registry import register_zoo_model
+from .query_attention import shvit_query_attention
 
 __all__ = ["SHViT", "SingleHeadAttention", "checkpoint_filter_fn", "create_from_official"]
 
@@ -697,6 +698,7 @@ FAMILY = register_family(Family(
         "shvit_s3_224": "shvit_s3",
         "shvit_s4_256": "shvit_s4",
     },
+    query_attention=shvit_query_attention,
 ))
 
 

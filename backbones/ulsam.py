@@ -44,6 +44,7 @@ from ._family import Family, PaperResult, register_family
 from ._helpers import unwrap_checkpoint
 from ._registry import register_zoo_model
 from .layers.attn_hosts import MOBILENETV2_ARCH, CheckedHostMixin, fill_new_layers
+from .query_attention import ulsam_query_attention
 
 __all__ = ["ULSAM", "UlsamMobileNet", "checkpoint_filter_fn", "create_from_official",
            "paper_cost", "ulsam_macs"]
@@ -458,6 +459,7 @@ FAMILY = register_family(Family(
         "ulsam_mobilenetv2_100_e2_224": PaperResult(top1=70.74, params_m=2.77, gflops=0.26907),
         "ulsam_mobilenetv2_100_e3_224": PaperResult(top1=69.72, params_m=2.54, gflops=0.22377),
     },
+    query_attention=ulsam_query_attention,
 ))
 
 
