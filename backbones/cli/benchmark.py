@@ -7,8 +7,21 @@
     zoo-benchmark --models cswin_tiny_224 --compare --paper --csv out.csv
     zoo-benchmark --models biformer_tiny_224 --official ~/src/BiFormer   # beside the authors' code
     zoo-benchmark --models halonet26t_256 shvit_s4_256 --paired --iters 30  # call by call
+    zoo-benchmark --families shvit --comparators --plot chart.png   # top-1 against latency
+    zoo-benchmark --results results/ --readme README.md   # every model: results/, README table
 
 (``python tools/benchmark.py`` is the same command.)
+
+``--plot PATH.png``: each model's published ImageNet top-1 (the family record's paper_results;
+for timm models the comparator table of :mod:`backbones.cli.results`) against its measured latency
+at one batch size, or its throughput (``--plot-x``, ``--plot-batch``); see :mod:`.chart`.
+
+``--results DIR``: every zoo model and every comparator (``--models`` / ``--families`` /
+``--comparators`` choose fewer), inference at ``--batch-sizes`` then a training step at
+``--train-batch``, each in a process of its own, into ``DIR/benchmark-<device>.csv`` (one row per
+model, rewritten after each: ``--resume`` goes on with a killed run), rendered into
+``benchmark-<device>.md`` and ``.png``; ``--readme README.md`` rewrites the README's table from
+every ``DIR/benchmark-*.csv``, ``--report-only`` renders without measuring.
 
 GMACs: fvcore ``FlopCountAnalysis`` at batch 1 and the model's pretrained_cfg input size (or
 ``--img-size``), one multiply-add counted once (the papers' "FLOPs"), with
@@ -39,6 +52,7 @@ import json
 import os
 import re
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -54,7 +68,8 @@ from tqdm import tqdm
 
 import backbones
 import ops
-from . import report
+from . import chart, report, results
+from ._common import UsageError
 
 PROG = "zoo-benchmark"
 WORKER_PREFIX = "@@benchmark-result "
@@ -107,6 +122,39 @@ def parse_args(argv=None):
                    help="with --paired: also pair each zoo model with these timm / zoo models "
                         "(e.g. the dense model a sparse one starts from), sharing the weights "
                         "both have")
+    p.add_argument("--families", nargs="+", metavar="FAMILY",
+                   help="the zoo models of these families (backbones.list_families()), besides "
+                        "any --models")
+    p.add_argument("--comparators", nargs="*", metavar="NAME",
+                   help="also run these timm models (none named: every model of the built-in "
+                        "comparator table, DeiT / Swin / ConvNeXt / EfficientViT, whose published "
+                        "top-1 the chart and results use); --results runs the whole table unless "
+                        "--models or --families restrict the run")
+    p.add_argument("--plot", metavar="PATH.png",
+                   help="draw each model's published top-1 against its measured speed")
+    p.add_argument("--plot-x", choices=chart.X_AXES, default="latency",
+                   help="the chart's x axis: latency (ms, default) or throughput (images/s)")
+    p.add_argument("--plot-batch", type=int, metavar="B",
+                   help="the batch size the chart's x axis is measured at (default: the smallest "
+                        "of --batch-sizes for latency, the largest for throughput)")
+    p.add_argument("--results", metavar="DIR",
+                   help="measure every zoo model and comparator (inference at --batch-sizes, a "
+                        "training step at --train-batch) into DIR/benchmark-<device>.csv, model "
+                        "by model, and render DIR/benchmark-<device>.md and .png from it")
+    p.add_argument("--train-batch", type=int, default=8, metavar="B",
+                   help="with --results: the training step's batch size (default 8; 0: none)")
+    p.add_argument("--resume", action="store_true",
+                   help="with --results: skip the models the CSV already has a row for, without "
+                        "error (a killed run goes on where it stopped)")
+    p.add_argument("--fresh", action="store_true",
+                   help="with --results: drop the CSV's rows first (another machine or settings)")
+    p.add_argument("--report-only", action="store_true",
+                   help="with --results: measure nothing, render the Markdown, chart and "
+                        "--readme table from the CSV(s) as they are")
+    p.add_argument("--readme", metavar="README.md",
+                   help="with --results: rewrite the table between the README's "
+                        f"{results.README_START} and {results.README_END} lines from every "
+                        "DIR/benchmark-*.csv")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one model, JSON settings
     return p.parse_args(argv)
 
@@ -516,7 +564,8 @@ def benchmark_model(name, settings):
         except Exception as e:  # noqa: BLE001
             info["error"] = f"official/zoo output check failed: {report.error_text(e)}"
     try:
-        info["gmacs"], info["uncounted"] = count_gmacs(model, input_size)
+        if settings.get("count_gmacs", True):  # --results' training-step run has them already
+            info["gmacs"], info["uncounted"] = count_gmacs(model, input_size)
     except ImportError as e:
         info["error"] = f"GMACs need fvcore (pip install fvcore): {report.error_text(e)}"
     except Exception as e:  # noqa: BLE001
@@ -685,7 +734,7 @@ CSV_FIELDS = ["model", "source", "params", "gmacs", "resolution", "batch_size", 
               "paper", "error"]
 
 
-# ----------------------------------------------------------------------------- main
+# ----------------------------------------------------------------------------- settings, models
 
 def make_settings(args):
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -698,6 +747,69 @@ def make_settings(args):
                 threads=args.threads, amp=args.amp, channels_last=args.channels_last,
                 compile=args.compile, backend=args.backend, img_size=args.img_size,
                 params_only=args.params_only, rounds=args.rounds)
+
+
+def check_options(args):
+    """Clear errors for options that do not go together, before anything is measured."""
+    def named(*pairs):
+        return [flag for flag, given in pairs if given]
+
+    needs_results = named(("--resume", args.resume), ("--fresh", args.fresh),
+                          ("--report-only", args.report_only), ("--readme", args.readme))
+    if needs_results and not args.results:
+        raise UsageError(f"{needs_results[0]} goes with --results DIR (the results directory)")
+    if args.resume and args.fresh:
+        raise UsageError("--resume keeps the CSV's rows and --fresh drops them: pass one of them")
+    if args.results:
+        clash = named(("--paired", args.paired), ("--params-only", args.params_only),
+                      ("--compare", args.compare), ("--official", args.official),
+                      ("--bench train", args.bench == "train"), ("--csv", args.csv),
+                      ("--markdown", args.markdown), ("--plot", args.plot))
+        if clash:
+            raise UsageError("--results times inference and a training step and writes "
+                             "DIR/benchmark-<device>.csv, .md and .png itself: drop "
+                             + ", ".join(clash))
+        if args.train_batch < 0:
+            raise UsageError(f"--train-batch must be >= 1 (or 0: no training step), "
+                             f"got {args.train_batch}")
+    if args.plot:
+        clash = named(("--paired", args.paired), ("--params-only", args.params_only))
+        if clash:
+            raise UsageError(f"--plot draws measured speed: drop {', '.join(clash)}")
+        if not args.plot.lower().endswith(".png"):
+            raise UsageError(f"--plot writes a PNG: give a path ending in .png, got {args.plot!r}")
+    if (args.plot_batch is not None and not args.report_only
+            and args.plot_batch not in args.batch_sizes):
+        raise UsageError(f"--plot-batch {args.plot_batch} is not measured: pick one of "
+                         f"--batch-sizes {' '.join(map(str, args.batch_sizes))}")
+
+
+def select_models(args):
+    """The run's models: those of ``--families`` and ``--models`` (every zoo model when neither
+    is given), then the ``--comparators`` (with ``--results``: all of them by default, unless
+    the run is restricted to some models)."""
+    names = []
+    if args.families:
+        unknown = sorted(set(args.families) - set(backbones.list_families()))
+        if unknown:
+            raise UsageError(f"unknown families {', '.join(unknown)}; the zoo's families: "
+                             f"{', '.join(backbones.list_families())}")
+        names = [n for n in backbones.list_zoo_models()
+                 if backbones.get_family(n).name in args.families]
+    if args.models or not args.families:
+        names += [n for n in resolve_models(args.models) if n not in names]
+    comparators = args.comparators
+    if comparators is None and args.results and not (args.models or args.families):
+        comparators = []  # a full --results run: the whole comparator table
+    if comparators is not None:
+        for name in comparators or results.COMPARATORS:
+            if not timm.is_model(name):
+                close = difflib.get_close_matches(name, list(results.COMPARATORS), n=3)
+                raise UsageError(f"--comparators: {name!r} is not a timm model"
+                                 + (f"; did you mean {', '.join(close)}?" if close else ""))
+            if name not in names:
+                names.append(name)
+    return names
 
 
 def list_cases(args, names):
@@ -715,16 +827,17 @@ def list_cases(args, names):
             for repo in (repos.get(n, [None]) if not twin else [None])], notes + official_notes
 
 
-def measure(cases, settings):
+def measure(cases, settings, progress=True):
     """One record per case: the model's record (params, GMACs, ...) and ``cases``, its timed
-    cases by batch size, each merged over ``settings["rounds"]``."""
+    cases by batch size, each merged over ``settings["rounds"]``; ``progress``: a progress bar."""
     # On the CPU each model runs in a fresh interpreter: resident-memory peaks are its own.
     in_subprocess = settings["device"] == "cpu" and not settings["params_only"]
     run_model = benchmark_in_subprocess if in_subprocess else benchmark_model
     records = []
     steps_per_model = 1 if settings["params_only"] else len(settings["batch_sizes"])
     rounds = 1 if settings["params_only"] else settings["rounds"]
-    with tqdm(total=rounds * len(cases) * steps_per_model, desc="benchmark", unit="case") as bar:
+    with tqdm(total=rounds * len(cases) * steps_per_model, desc="benchmark", unit="case",
+              disable=not progress) as bar:
         for round_index in range(rounds):
             for i, (name, twin, official_repo) in enumerate(cases):
                 bar.set_postfix_str(name)
@@ -746,6 +859,126 @@ def measure(cases, settings):
     return records
 
 
+# ----------------------------------------------------------------------------- --results
+
+# The options that change what --results measures: a results file records them (its command).
+MEASURE_OPTIONS = ("device", "batch_sizes", "train_batch", "img_size", "threads", "warmup", "iters",
+                   "max_seconds", "rounds", "amp", "channels_last", "compile", "backend")
+
+
+def results_command(args):
+    """The command that measures ``args.results``' rows with this run's settings (the options
+    left at their defaults, and those choosing models, left out)."""
+    defaults = parse_args([])
+    parts = ["python", "tools/benchmark.py", "--results", args.results]
+    for dest in MEASURE_OPTIONS:
+        value = getattr(args, dest)
+        if value == getattr(defaults, dest):
+            continue
+        flag = "--" + dest.replace("_", "-")
+        parts += [flag] if value is True else [flag, *map(str, value if isinstance(value, list)
+                                                          else [value])]
+    return shlex.join(parts)
+
+
+def results_settings(settings, train_batch):
+    """The settings column of a results file: what its numbers depend on besides the machine."""
+    details = describe_run(settings) + [
+        f"inference batch {', '.join(map(str, settings['batch_sizes']))}",
+        f"training step (SGD) batch {train_batch}" if train_batch else "no training step",
+        f"resolution {settings['img_size'] or 'of each model'}"]
+    return " | ".join(details)
+
+
+def measure_results(args, settings, names):
+    """Measure ``names`` into ``DIR/benchmark-<device>.csv``, one model at a time: its inference
+    cases, then its training step in a run of its own (its memory peak is its own), the CSV
+    rewritten after each model so that a killed run loses one model at most (``--resume``)."""
+    os.makedirs(args.results, exist_ok=True)
+    path = results.result_paths(args.results, settings["device"])["csv"]
+    machine = report.describe_machine(settings["device"])
+    settings_text = results_settings(settings, args.train_batch)
+    rows = []
+    if os.path.exists(path) and not args.fresh:
+        rows, _ = results.read_results(path)
+        results.check_same_setup(rows, machine, settings_text, path)
+    fields = results.result_fields(settings["batch_sizes"]) + ["command"]
+    done = {r["model"] for r in rows if not r.get("error")} if args.resume else set()
+    todo = [name for name in names if name not in done]
+    if len(todo) < len(names):
+        print(f"--resume: {len(names) - len(todo)} of {len(names)} models already in {path}")
+    command = results_command(args)
+    train_settings = dict(settings, bench="train", batch_sizes=[args.train_batch],
+                          count_gmacs=False)
+    for name in tqdm(todo, desc="results", unit="model"):
+        (record,) = measure([(name, False, None)], settings, progress=False)
+        train = (measure([(name, False, None)], train_settings, progress=False)[0]
+                 if args.train_batch else None)
+        row = results.result_row(record, train, args.train_batch or None,
+                                 device=settings["device"], machine=machine,
+                                 settings_text=settings_text, memory=memory_label(settings))
+        rows = results.merge_rows(rows, [dict(row, command=command)])
+        report.write_csv(path, rows, fields)
+
+
+def render_results(args):
+    """``benchmark-<device>.md`` and ``.png`` from each results CSV of ``args.results`` (the
+    device measured now, or every one with ``--report-only``), then the README's table;
+    returns the rendered rows."""
+    if args.report_only:
+        paths = results.results_files(args.results)
+    else:
+        paths = [results.result_paths(args.results, args.device)["csv"]]
+    paths = [p for p in paths if os.path.exists(p)]
+    if not paths:
+        raise UsageError(f"no results in {args.results} yet: measure them first with "
+                         f"{PROG} --results {args.results}")
+    rendered = []
+    for path in paths:
+        rows, fields = results.read_results(path)
+        if not rows:
+            continue
+        device = rows[0]["device"]
+        label = results.DEVICE_LABELS.get(device, device)
+        batches = results.batch_sizes_of(fields)
+        batch = args.plot_batch or (min if args.plot_x == "latency" else max)(batches)
+        if batch not in batches:
+            raise UsageError(f"--plot-batch {batch}: {path} has batch sizes "
+                             f"{' '.join(map(str, batches))}")
+        setup = f"{rows[0]['machine']} | {rows[0]['settings']}"
+        command = rows[0].get("command") or f"{PROG} --results {args.results}"
+        memory = results.notes(rows, memory_note({"device": device}))
+        text = report.document(setup, f"Regenerate: `{command}` (`--resume` goes on with a "
+                                      "killed run; --models / --families redo some rows).",
+                               results.markdown_table(rows, fields), report.bullets(memory))
+        stem = os.path.splitext(path)[0]
+        report.write_markdown(f"{stem}.md", text)
+        chart.draw(rows, f"{stem}.png", x_axis=args.plot_x, batch=batch, device_label=label,
+                   footnote=f"{setup}. {results.CHART_NOTE} Command: {command}")
+        print(f"{label}: {path}, {stem}.md, {stem}.png ({len(rows)} models)")
+        rendered += rows
+    if args.readme:
+        block = results.readme_block(results.results_files(args.results),
+                                     os.path.dirname(os.path.abspath(args.readme)))
+        changed = results.update_readme(args.readme, block)
+        print(f"{args.readme}: results table {'updated' if changed else 'unchanged'}")
+    return rendered
+
+
+def chart_row(record, settings, machine):
+    """A results row of a record of a plain run, for its ``--plot``; the authors' model and
+    timm's twin apart from ours (same name or same top-1), in grey."""
+    row = results.result_row(record, device=settings["device"], machine=machine,
+                             settings_text="", memory=memory_label(settings))
+    if record["source"] == "official":
+        row.update(model=f"{row['model']} (official code)", family="official code", source="timm")
+    elif record["source"] == "timm twin":
+        row.update(model=f"{row['model']} (timm twin)", family="timm twin")
+    return row
+
+
+# ----------------------------------------------------------------------------- main
+
 def run(argv=None):
     """Run the benchmark; returns one dict per (model, batch size) (per model with
     ``--params-only``), the rows of ``--csv``."""
@@ -754,17 +987,25 @@ def run(argv=None):
         return worker_main(args.worker)
     threads = torch.get_num_threads()
     try:
-        return _run(args)
+        return _run(args, sys.argv[1:] if argv is None else list(argv))
+    except UsageError as e:
+        raise SystemExit(f"{PROG}: error: {e}") from None
     finally:  # run() is also called in-process (tests, notebooks): leave the caller's threads
         torch.set_num_threads(threads)
 
 
-def _run(args):
+def _run(args, argv):
+    check_options(args)
+    if args.results and args.report_only:
+        return render_results(args)
     settings = make_settings(args)
     torch.set_num_threads(args.threads)
-    names = resolve_models(args.models)
+    names = select_models(args)
     if args.paired:
         return paired_main(args, settings, names)
+    if args.results:
+        measure_results(args, settings, names)
+        return render_results(args)
     cases, notes = list_cases(args, names)
     records = measure(cases, settings)
     machine = report.describe_machine(settings["device"], *describe_run(settings))
@@ -773,6 +1014,15 @@ def _run(args):
                            report.bullets(notes))
     rows = csv_rows(records, settings)
     report.publish(text, rows, CSV_FIELDS, args.markdown, args.csv)
+    if args.plot:
+        result_rows = [chart_row(rec, settings, machine) for rec in records]
+        batch = args.plot_batch or (min if args.plot_x == "latency" else max)(args.batch_sizes)
+        chart.draw(result_rows, args.plot, x_axis=args.plot_x, batch=batch,
+                   device_label=results.DEVICE_LABELS[settings["device"]],
+                   what="training step" if settings["bench"] == "train" else "inference",
+                   footnote=f"{machine}. {results.CHART_NOTE} Command: "
+                            f"{PROG} {shlex.join(argv)}")
+        print(f"chart: {args.plot}")
     return rows
 
 

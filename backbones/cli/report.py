@@ -70,21 +70,30 @@ def error_text(exc):
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
 
 
-def write_markdown(path, text):
+def write_text(path, text):
     """Write ``text`` to ``path`` through a temporary file: a run killed while writing leaves
-    the previous version, never half of one (the GPU report rewrites its file after every row)."""
+    the previous version, never half of one."""
     partial = f"{path}.partial"
-    with open(partial, "w") as f:
-        f.write(text + "\n")
+    with open(partial, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
     os.replace(partial, path)
 
 
+def write_markdown(path, text):
+    """Write ``text`` and a final newline to ``path``, whole or not at all (the GPU report
+    rewrites its file after every row)."""
+    write_text(path, text + "\n")
+
+
 def write_csv(path, rows, fields):
-    """One CSV line per row (a dict), columns ``fields``; keys outside ``fields`` are left out."""
-    with open(path, "w", newline="") as f:
+    """One CSV line per row (a dict), columns ``fields``; keys outside ``fields`` are left out.
+    Whole or not at all: ``zoo-benchmark --results`` rewrites its file after every model."""
+    partial = f"{path}.partial"
+    with open(partial, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+    os.replace(partial, path)
 
 
 def publish(text, rows, fields, markdown=None, csv_path=None):
