@@ -22,12 +22,15 @@ FVCORE = "fvcore>=0.1.5.post20221221"  # GMAC counts in tools/benchmark.py (the 
 TRAIN = ["mmengine>=0.10.7", "scikit-learn>=1.3", "wandb", FVCORE]
 # COCO / ADE20K transfer: pycocotools reads COCO files and computes box / mask AP.
 DENSE = ["pycocotools>=2.0.7"]
+# tools/export.py: torch.onnx's exporter (onnx, onnxscript) and the runtime that checks its files.
+EXPORT = ["onnx>=1.17", "onnxscript>=0.3", "onnxruntime>=1.20"]
 EXTRAS = {
-    "benchmark": [FVCORE],
+    "benchmark": [FVCORE, "matplotlib"],  # matplotlib: zoo-benchmark --plot / --results charts
     "train": TRAIN,
     "dense": TRAIN + DENSE,
+    "export": EXPORT,
     # scikit-image ships the photos of the detection / segmentation test fixtures
-    "dev": ["pytest>=8", "pytest-xdist", "scikit-image"] + TRAIN + DENSE,
+    "dev": ["pytest>=8", "pytest-xdist", "scikit-image", "matplotlib"] + TRAIN + DENSE + EXPORT,
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 # One command per tool (backbones/cli); `python tools/<tool>.py` runs the same main().
@@ -43,8 +46,10 @@ CONSOLE_SCRIPTS = [
     "zoo-gpu-report=backbones.cli.gpu_report:main",
     "zoo-sparsifiner-masks=backbones.cli.sparsifiner_masks:main",
     "zoo-dependency-tree=backbones.cli.dependency_tree:main",
+    "zoo-visualize=backbones.cli.visualize:main",
     "zoo-benchmark-ela=backbones.cli.benchmark_ela:main",
     "zoo-benchmark-ulsam=backbones.cli.benchmark_ulsam:main",
+    "zoo-export=backbones.cli.export:main",
 ]
 
 setup(
@@ -57,6 +62,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["backbones", "backbones.*", "ops", "ops.*"]),
+    package_data={"backbones.cli": ["data/*.jpg"]},  # zoo-export's default photo
     install_requires=[
         "torch>=2.4",
         "torchvision",

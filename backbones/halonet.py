@@ -53,6 +53,7 @@ from ._family import Family, PaperResult, register_family
 from ._helpers import check_image_input, unwrap_checkpoint
 from ._registry import register_zoo_model
 from .layers import DeviceLike, notrace_function
+from .query_attention import halonet_query_attention
 
 __all__ = ["HaloNet", "HaloAttention", "HaloAttnBlock", "checkpoint_filter_fn",
            "create_from_official", "model_cfgs"]
@@ -548,6 +549,8 @@ FAMILY = register_family(Family(
     timm_equivalents=_TIMM_TWINS,
     torchscript=("ops.halo_attention_2d takes keyword-only arguments with defaults, which "
                  "TorchScript cannot compile (torch.export works)"),
+    export=("no dynamic batch: the reference halo attention sizes its slices with q.shape[:4]."
+            "numel(), which fixes the batch when traced (zoo-export --static-batch N exports one)"),
     # exact parameter counts (1000-class heads): timm's models, and the paper family rebuilt from
     # its table (spec halonet.md)
     param_counts={
@@ -583,6 +586,7 @@ FAMILY = register_family(Family(
         "eca_halonext26ts_256": PaperResult(top1=79.518, params_m=10.76, gflops=2.44),
         "haloregnetz_b_224": PaperResult(top1=81.058, params_m=11.68, gflops=1.97),
     },
+    query_attention=halonet_query_attention,
 ))
 
 
