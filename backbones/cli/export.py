@@ -2,20 +2,23 @@
 against the eager model on a real photo.
 
     zoo-export shvit_s1_224 --output exported/
-    zoo-export cswin_tiny_224 --checkpoint cswin_tiny_224.safetensors --output exported/ --formats onnx
-    zoo-export ulsam_mobilenetv1_050_e_224 shvit_s1_224 --output exported/ --table exported/export.md
-    zoo-export halonet_h0_256 --static-batch 1 --output exported/     # HaloNet: no dynamic batch
+    zoo-export cswin_tiny_224 --checkpoint cswin_tiny.safetensors --output exported/ --formats onnx
+    zoo-export ulsam_mobilenetv1_050_e_224 shvit_s1_224 --output exported/ --table export.md
+    zoo-export halonet_h0_256 --static-batch 1 --output exported/    # HaloNet: no dynamic batch
 
-(``python tools/export.py`` is the same command; the ONNX side needs ``pip install -e ".[export]"``.)
+(``python tools/export.py`` is the same command; ONNX needs ``pip install -e ".[export]"``.)
 
 Writes ``DIR/<model>.pt2`` and ``DIR/<model>.onnx`` from one ``torch.export`` trace on the ops'
 reference path (the Triton kernels are not exportable). Both files carry the model's own
 preprocessing (timm's ``resolve_data_config``: input size, mean, std, interpolation, crop_pct), the
 model name, the zoo version, the weights and the dynamic axes; :func:`read_metadata` reads them
 back (``.pt2``: the ``zoo_metadata.json`` extra file; ONNX: ``metadata_props``, one JSON value a
-key). The batch axis is dynamic (1 .. ``--max-batch``); height and width are dynamic (from twice the
-network's stride to ``--max-size``) where the family takes any input size and torch.export can keep
-them symbolic, static otherwise, and the metadata and the table say which and why.
+key). The batch axis is dynamic (1 .. ``--max-batch``, halved where the reference ops' memory
+chunking breaks the range); height and width are dynamic (from twice the network's stride to
+``--max-size``) where the family takes any input size and torch.export can keep them symbolic,
+square only where the graph branches on ``H == W``, static otherwise; the output, the metadata and
+the table say which and why (``--table``: one row a file, ``export s`` being the trace plus the
+writing of that format).
 
 Each file is read back and run against the eager model on a real photo (``--image``; default
 Chelsea the cat, scikit-image's CC0 sample photo, shipped in backbones/cli/data) preprocessed with
@@ -54,7 +57,7 @@ BATCH_CHECK = 3  # the batch size of the dynamic-batch check: neither the traced
 TABLE_COLUMNS = ("model", "format", "dynamic axes", "file size", "max abs diff vs eager",
                  "export s", "status")
 
-__all__ = ["ExportError", "MismatchError", "build_parser", "export_model", "main",
+__all__ = ["ExportError", "MismatchError", "build_parser", "export_model", "judge", "main",
            "read_metadata", "run"]
 
 
@@ -373,6 +376,7 @@ def _onnx_export(program, sample, path, axes, metadata, optimize=True):
     ``metadata_props`` (one JSON value a key)."""
     try:
         import onnx
+        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it; fail here, clearly)
         import torch.onnx
     except ImportError as exc:
         raise UsageError(f"ONNX export needs the export extra ({exc}): pip install -e "
@@ -384,8 +388,8 @@ def _onnx_export(program, sample, path, axes, metadata, optimize=True):
                                              output_names=[OUTPUT_NAME], dynamo=True,
                                              optimize=optimize)
     except Exception as exc:
-        raise ExportError(f"torch.onnx.export fails: {_first_line(exc)}\n{log.getvalue()[-2000:]}") \
-            from exc
+        raise ExportError(f"torch.onnx.export fails: {_first_line(exc)}\n"
+                          f"{log.getvalue()[-2000:]}") from exc
     proto = onnx_program.model_proto
     # torch.export's symbols (s77, ...) become the axis names ONNX tools show
     names = {a["symbol"]: a["name"] for a in axes.values()}
