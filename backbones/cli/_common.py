@@ -2,8 +2,9 @@
 picture tools' image loading."""
 import argparse
 import ast
+import sys
 
-__all__ = ["ParseKwargs", "UsageError", "load_image"]
+__all__ = ["ParseKwargs", "UsageError", "load_image", "parse_query", "run_cli"]
 
 
 class UsageError(Exception):
@@ -44,3 +45,31 @@ def load_image(path, model):
     std = x.new_tensor(cfg["std"]).view(1, 3, 1, 1)
     shown = ((x * std + mean).clamp(0, 1)[0].permute(1, 2, 0) * 255).round().byte().numpy()
     return x, Image.fromarray(shown)
+
+
+def parse_query(text, size, what="image"):
+    """``--query X,Y`` of an image of ``size = (width, height)`` (default: the centre); ``what``
+    names it in errors (the original ``image``, or the model's ``input``)."""
+    width, height = size
+    if text is None:
+        return width // 2, height // 2
+    try:
+        qx, qy = (int(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--query takes X,Y in pixels of the image, e.g. --query 120,80; got "
+                         f"{text!r}") from None
+    if not (0 <= qx < width and 0 <= qy < height):
+        raise UsageError(f"--query {qx},{qy} lies outside the {width}x{height} {what}: pick "
+                         f"0 <= X < {width} and 0 <= Y < {height}")
+    return qx, qy
+
+
+def run_cli(run, prog, argv=None):
+    """A picture tool's exit status: 0, or 2 after one ``<prog>: error: ...`` line for a
+    :class:`UsageError`."""
+    try:
+        run(argv)
+    except UsageError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 
-from ._common import ParseKwargs, UsageError, load_image
+from ._common import ParseKwargs, UsageError, load_image, run_cli
 
 PROG = "zoo-dependency-tree"
 
@@ -196,12 +196,7 @@ def run(argv=None):
 
 
 def main(argv=None):
-    try:
-        run(argv)
-    except UsageError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(run, PROG, argv)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import sys
 import torch
 from PIL import Image, ImageDraw
 
-from ._common import ParseKwargs, UsageError, load_image
+from ._common import ParseKwargs, UsageError, load_image, parse_query
 
 TILE = 112
 
@@ -67,18 +67,6 @@ def load_model(args):
         source = f"RANDOM weights (seed {args.seed}): the masks show the method, not a trained model"
     assert isinstance(model, Sparsifiner)
     return model.eval(), source
-
-
-def parse_query(text, size):
-    if text is None:
-        return size[1] // 2, size[0] // 2
-    try:
-        qx, qy = (int(v) for v in text.split(","))
-    except ValueError:
-        raise UsageError(f"--query takes X,Y in pixels, got {text!r}") from None
-    if not (0 <= qx < size[1] and 0 <= qy < size[0]):
-        raise UsageError(f"--query {qx},{qy} lies outside the {size[1]}x{size[0]} input")
-    return qx, qy
 
 
 def _tile(image, grid, keys, pruned, query_patch):
@@ -159,7 +147,7 @@ def main(argv=None):
         model, source = load_model(args)
         x, image = load_image(args.image, model)
         image = image.resize((TILE, TILE), Image.BICUBIC)
-        query = parse_query(args.query, x.shape[-2:])
+        query = parse_query(args.query, tuple(x.shape[-2:])[::-1], what="input")
         picture = draw(model, x, image, query, source, args.blocks)
     except (UsageError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

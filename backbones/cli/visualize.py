@@ -23,7 +23,7 @@ import argparse
 import os
 import sys
 
-from ._common import ParseKwargs, UsageError
+from ._common import ParseKwargs, UsageError, parse_query, run_cli
 
 PROG = "zoo-visualize"
 COLUMNS = 4          # panels per row
@@ -141,22 +141,6 @@ def load_image(path, model):
     x = x.permute(2, 0, 1).float().div(255)
     x = (x - torch.tensor(cfg["mean"]).view(3, 1, 1)) / torch.tensor(cfg["std"]).view(3, 1, 1)
     return x.unsqueeze(0), shown, original.size
-
-
-def parse_query(text, size):
-    """``--query X,Y`` of an image of ``size = (width, height)`` (default: the centre)."""
-    width, height = size
-    if text is None:
-        return width // 2, height // 2
-    try:
-        qx, qy = (int(v) for v in text.split(","))
-    except ValueError:
-        raise UsageError(f"--query takes X,Y in pixels of the image, e.g. --query 120,80; got "
-                         f"{text!r}") from None
-    if not (0 <= qx < width and 0 <= qy < height):
-        raise UsageError(f"--query {qx},{qy} lies outside the {width}x{height} image: pick "
-                         f"0 <= X < {width} and 0 <= Y < {height}")
-    return qx, qy
 
 
 def select_layers(maps, chosen=None):
@@ -320,12 +304,7 @@ def run(argv=None):
 
 
 def main(argv=None):
-    try:
-        run(argv)
-    except UsageError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(run, PROG, argv)
 
 
 if __name__ == "__main__":
